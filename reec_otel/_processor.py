@@ -1,0 +1,280 @@
+"""LogJobSpanProcessor: turns job spans into LogJob rows.
+
+Any span carrying ``reec.job.name`` is a job, whoever started it. Rows are
+made from the span alone and handed to the writer; the processor never waits
+and never touches the database. What fails in here is logged and counted, and
+never reaches the job.
+
+Rows per run, full mode: Enqueued and Processing when the job span starts
+(Processing later, at the start of a processing child span, when the run is
+deferred), then Succeeded or Failed when it ends. Light mode: only Failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+from sqlalchemy.engine import URL
+
+from reec_otel import _attributes as attrs
+from reec_otel import _text
+from reec_otel._attributes import StateJob
+from reec_otel._diagnostics import RateLimitedLog
+from reec_otel._schema import log_job_table
+from reec_otel._settings import LogJobOptions
+from reec_otel._writer import BatchWriter, Row, create_database_engine
+
+__all__ = ["LogJobSpanProcessor"]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_GROUP_TYPE = "builtins.ExceptionGroup"
+
+
+class RowSink(Protocol):
+    """Where the processor hands rows: the background writer, or a test double."""
+
+    def submit(self, row: Row) -> bool: ...
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool: ...
+
+    def shutdown(self, timeout_millis: int = 30_000) -> bool: ...
+
+
+class LogJobSpanProcessor(SpanProcessor):
+    """A span processor writing LogJob rows for job spans.
+
+    Used on its own, add it to any SDK ``TracerProvider``::
+
+        provider.add_span_processor(
+            LogJobSpanProcessor("postgresql+psycopg://app@db/app", application_name="billing")
+        )
+
+    Args:
+        database_url: where rows go (ignored when *writer* is given).
+        application_name: stored on every row; by default the span's
+            ``service.name`` resource attribute.
+        log_job: table name and schema; ``is_save_db=False`` writes no rows.
+        writer: a ready row sink, instead of a writer made for *database_url*.
+    """
+
+    def __init__(
+        self,
+        database_url: str | URL | None = None,
+        *,
+        application_name: str | None = None,
+        log_job: LogJobOptions | None = None,
+        writer: RowSink | None = None,
+    ) -> None:
+        options = log_job or LogJobOptions()
+        if writer is None:
+            if database_url is None:
+                raise TypeError("LogJobSpanProcessor needs a database_url or a writer.")
+            table = log_job_table(options.table_name, options.schema)
+            writer = BatchWriter(create_database_engine(database_url), table)
+        self.writer = writer
+        self.application_name = application_name
+        self.is_save_db = options.is_save_db
+        self._shut_down = False
+        self._errors = 0
+        self._warnings = RateLimitedLog(logger)
+
+    @property
+    def errors(self) -> int:
+        """How many spans could not be turned into rows because of an internal error."""
+        return self._errors
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            self._started(span)
+        except Exception:  # noqa: BLE001 - telemetry never breaks the job
+            self._internal_error("start")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._ended(span)
+        except Exception:  # noqa: BLE001
+            self._internal_error("end")
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.writer.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.shutdown_within(30_000)
+
+    def shutdown_within(self, timeout_millis: int) -> bool:
+        """Stop taking spans and write what is queued; True if done in time."""
+        if self._shut_down:
+            return True
+        self._shut_down = True
+        return self.writer.shutdown(timeout_millis)
+
+    # -- spans to rows -------------------------------------------------------
+
+    def _started(self, span: Span) -> None:
+        attributes = span.attributes
+        if self._shut_down or not self.is_save_db or not attributes:
+            return
+        name = attributes.get(attrs.NAME)
+        if name is None or attributes.get(attrs.LIGHT):
+            return
+        if attributes.get(attrs.PHASE) == attrs.PHASE_PROCESSING:
+            parent = span.parent
+            if parent is not None:
+                row = self._row(span, attributes, StateJob.PROCESSING, span.start_time, parent.span_id)
+                self.writer.submit(row)
+            return
+        span_id = span.get_span_context().span_id
+        self.writer.submit(self._row(span, attributes, StateJob.ENQUEUED, span.start_time, span_id))
+        if not attributes.get(attrs.DEFERRED):
+            row = self._row(span, attributes, StateJob.PROCESSING, span.start_time, span_id)
+            self.writer.submit(row)
+
+    def _ended(self, span: ReadableSpan) -> None:
+        attributes = span.attributes
+        if self._shut_down or not self.is_save_db or not attributes:
+            return
+        if attributes.get(attrs.NAME) is None:
+            return
+        if attributes.get(attrs.PHASE) == attrs.PHASE_PROCESSING:
+            return
+        state = _final_state(span, attributes)
+        if state is StateJob.SUCCEEDED and attributes.get(attrs.LIGHT):
+            return
+        span_id = span.get_span_context().span_id  # type: ignore[union-attr]
+        row = self._row(span, attributes, state, span.end_time, span_id)
+        row["duration_ms"] = _duration_ms(span, attributes)
+        row["message"] = _optional_text(attributes.get(attrs.MESSAGE), _text.MAX_MESSAGE_CHARS)
+        data = attributes.get(attrs.DATA)
+        row["data"] = data if isinstance(data, str) else None
+        if state is StateJob.FAILED:
+            row.update(_failure_fields(span.events))
+        self.writer.submit(row)
+
+    def _row(
+        self,
+        span: ReadableSpan,
+        attributes: Mapping[str, Any],
+        state: StateJob,
+        time_ns: int | None,
+        span_id: int,
+    ) -> dict[str, Any]:
+        created = _timestamp(time_ns)
+        return {
+            "application_name": self._application_name(span),
+            "name_job": _text.safe_str(attributes[attrs.NAME], _text.MAX_NAME_CHARS),
+            "state_job": state.value,
+            "trace_identifier": f"{span.get_span_context().trace_id:032x}",  # type: ignore[union-attr]
+            "span_id": f"{span_id:016x}",
+            "duration_ms": None,
+            "exception_type": None,
+            "exception": None,
+            "inner_exception": None,
+            "stack_trace": None,
+            "data": None,
+            "message": None,
+            "create_user": _optional_text(attributes.get(attrs.CREATE_USER), _text.MAX_NAME_CHARS),
+            "create_date": created,
+            "create_date_only": created.date(),
+        }
+
+    def _application_name(self, span: ReadableSpan) -> str:
+        if self.application_name is not None:
+            return self.application_name
+        service = span.resource.attributes.get("service.name", "unknown_service")
+        return _text.safe_str(service, _text.MAX_NAME_CHARS)
+
+    def _internal_error(self, where: str) -> None:
+        self._errors += 1
+        self._warnings.log(
+            logging.WARNING,
+            where,
+            "LogJobSpanProcessor failed to turn a span into rows at span %s (%d errors so far).",
+            where,
+            self._errors,
+            exc_info=True,
+        )
+
+
+def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> StateJob:
+    # A job span started by other code may carry no state: its status decides.
+    state = attributes.get(attrs.STATE)
+    if state == StateJob.FAILED.value:
+        return StateJob.FAILED
+    if state == StateJob.SUCCEEDED.value:
+        return StateJob.SUCCEEDED
+    return StateJob.FAILED if span.status.status_code is StatusCode.ERROR else StateJob.SUCCEEDED
+
+
+def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | None:
+    duration = attributes.get(attrs.DURATION_MS)
+    if isinstance(duration, int | float):
+        return float(duration)
+    if span.start_time is None or span.end_time is None:
+        return None
+    return (span.end_time - span.start_time) / 1e6
+
+
+def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
+    """The exception columns of a Failed row, from the span's exception events.
+
+    One event is the job's exception. A second one, from the exception handler,
+    makes the row describe both together as an exception group.
+    """
+    exceptions = [e.attributes or {} for e in events if e.name == attrs.EXCEPTION_EVENT]
+    if not exceptions:
+        return {}
+    first = exceptions[0]
+    if len(exceptions) == 1:
+        return {
+            "exception_type": _optional_text(first.get(attrs.EXCEPTION_TYPE), _text.MAX_NAME_CHARS),
+            "exception": _optional_text(
+                first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
+            ),
+            "inner_exception": _optional_text(
+                first.get(attrs.EXCEPTION_INNER), _text.MAX_EXCEPTION_CHARS
+            ),
+            "stack_trace": _optional_text(
+                first.get(attrs.EXCEPTION_STACKTRACE), _text.MAX_STACK_TRACE_CHARS
+            ),
+        }
+    parts = [_describe_event(e) for e in exceptions]
+    traces = [str(e.get(attrs.EXCEPTION_STACKTRACE, "")) for e in exceptions]
+    return {
+        "exception_type": _GROUP_TYPE,
+        "exception": _text.clean(
+            f"run_function_exception failed while handling the job's exception "
+            f"({len(exceptions)} sub-exceptions): " + "; ".join(parts),
+            _text.MAX_EXCEPTION_CHARS,
+        ),
+        "inner_exception": _text.clean(parts[0], _text.MAX_EXCEPTION_CHARS),
+        "stack_trace": _text.clean(
+            f"{_GROUP_TYPE}: the job's exception, then the handler's\n"
+            + "\n".join(
+                f"+---------------- {index} ----------------\n{trace}"
+                for index, trace in enumerate(traces, start=1)
+            ),
+            _text.MAX_STACK_TRACE_CHARS,
+        ),
+    }
+
+
+def _describe_event(event: Mapping[str, Any]) -> str:
+    return f"{event.get(attrs.EXCEPTION_TYPE, '?')}: {event.get(attrs.EXCEPTION_MESSAGE, '')}"
+
+
+def _optional_text(value: Any, limit: int) -> str | None:
+    return None if value is None else _text.safe_str(value, limit)
+
+
+def _timestamp(time_ns: int | None) -> dt.datetime:
+    if time_ns is None:
+        return dt.datetime.now(dt.UTC)
+    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)

@@ -1,0 +1,207 @@
+"""The LogJob table: SQLAlchemy model, column types and indexes.
+
+One row per state a run reaches. The table name and schema are configurable,
+so besides the declarative :class:`LogJob` model (default name ``log_job``)
+:func:`log_job_table` builds the same table under any validated name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped
+from sqlalchemy.types import TypeDecorator
+
+from reec_otel._errors import ConfigurationError
+
+__all__ = ["DEFAULT_TABLE_NAME", "LogJob", "log_job_table", "validate_identifier"]
+
+DEFAULT_TABLE_NAME = "log_job"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def validate_identifier(value: str, what: str) -> str:
+    """Return *value* if it is a plain SQL identifier, else raise ConfigurationError.
+
+    Only letters, digits and underscores, not starting with a digit, at most 63
+    characters (PostgreSQL's limit): such a name needs no quoting anywhere.
+    """
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ConfigurationError(
+            f"{what} must be a plain SQL identifier (letters, digits and underscores, "
+            f"not starting with a digit, at most 63 characters); got {value!r}."
+        )
+    return value
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back as an aware UTC datetime.
+
+    PostgreSQL keeps ``timestamp with time zone``; MariaDB and SQLite have no
+    zone-aware type, so the UTC wall time is stored and UTC is attached on read.
+    The session's time zone never changes what is stored or read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("LogJob timestamps must be timezone-aware.")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "postgresql":
+            return value
+        return value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite before SQLAlchemy parses it
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class JSONDocument(TypeDecorator[Any]):
+    """A JSON column that also accepts an already serialised JSON text.
+
+    Rows travel from spans as JSON text; parsing happens here, on the writer's
+    thread, never on the job's.
+    """
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+
+def _long_text() -> Any:
+    # TEXT on MariaDB holds only 64 KiB; the package's limits need MEDIUMTEXT.
+    return Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def _big_id() -> Any:
+    # SQLite makes only an INTEGER PRIMARY KEY an auto-incrementing rowid.
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _columns() -> list[Column[Any]]:
+    return [
+        Column("id_log_job", _big_id(), primary_key=True, autoincrement=True),
+        Column("application_name", String(255), nullable=False),
+        Column("name_job", String(255), nullable=False),
+        Column("state_job", String(16), nullable=False),
+        Column("trace_identifier", String(32), nullable=False),
+        Column("span_id", String(16), nullable=False),
+        Column("duration_ms", Float, nullable=True),
+        Column("exception_type", String(255), nullable=True),
+        Column("exception", _long_text(), nullable=True),
+        Column("inner_exception", _long_text(), nullable=True),
+        Column("stack_trace", _long_text(), nullable=True),
+        Column("data", JSONDocument(), nullable=True),
+        Column("message", _long_text(), nullable=True),
+        Column("create_user", String(255), nullable=True),
+        Column("create_date", UTCDateTime(), nullable=False),
+        Column("create_date_only", Date, nullable=False),
+    ]
+
+
+def _constraints(table_name: str) -> list[Any]:
+    return [
+        UniqueConstraint("span_id", "state_job", name=f"uq_{table_name}_span_state"),
+        Index(f"ix_{table_name}_app_date", "application_name", "create_date_only"),
+        Index(f"ix_{table_name}_trace", "trace_identifier"),
+        Index(f"ix_{table_name}_app_state_date", "application_name", "state_job", "create_date"),
+    ]
+
+
+def log_job_table(
+    table_name: str = DEFAULT_TABLE_NAME,
+    schema: str | None = None,
+    metadata: MetaData | None = None,
+) -> Table:
+    """Build the LogJob table under *table_name* and *schema* (both validated)."""
+    validate_identifier(table_name, "The LogJob table name")
+    if schema is not None:
+        validate_identifier(schema, "The LogJob schema")
+    return Table(
+        table_name,
+        metadata if metadata is not None else MetaData(),
+        *_columns(),
+        *_constraints(table_name),
+        schema=schema,
+    )
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class LogJob(_Base):
+    """One state reached by one job run, as stored in the default ``log_job`` table.
+
+    For a table under another name or schema, query the table that
+    :func:`log_job_table` returns instead; the columns are the same.
+    """
+
+    __table__ = log_job_table(metadata=_Base.metadata)
+
+    id_log_job: Mapped[int]
+    application_name: Mapped[str]
+    name_job: Mapped[str]
+    state_job: Mapped[str]
+    trace_identifier: Mapped[str]
+    span_id: Mapped[str]
+    duration_ms: Mapped[float | None]
+    exception_type: Mapped[str | None]
+    exception: Mapped[str | None]
+    inner_exception: Mapped[str | None]
+    stack_trace: Mapped[str | None]
+    data: Mapped[Any]
+    message: Mapped[str | None]
+    create_user: Mapped[str | None]
+    create_date: Mapped[dt.datetime]
+    create_date_only: Mapped[dt.date]
+
+    def __repr__(self) -> str:
+        return (
+            f"LogJob(id_log_job={self.id_log_job!r}, name_job={self.name_job!r}, "
+            f"state_job={self.state_job!r}, trace_identifier={self.trace_identifier!r})"
+        )
+
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in LogJob.__table__.columns)
+ROW_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMN_NAMES if n != "id_log_job")
+
