@@ -13,16 +13,13 @@ from typing import Final
 __all__ = ["StateJob"]
 
 
-class StateJob(str, enum.Enum):
+class StateJob(enum.StrEnum):
     """The states a run reaches; one LogJob row is written per state reached."""
 
     ENQUEUED = "Enqueued"
     PROCESSING = "Processing"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 PREFIX: Final = "reec.job."

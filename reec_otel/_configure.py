@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
 from reec_otel import _tracing
@@ -110,7 +111,15 @@ class ReecOtel:
 
     @property
     def writes_rows(self) -> bool:
+        """Whether this handle writes LogJob rows (both saving switches are on)."""
         return self.processor is not None
+
+    @property
+    def table(self) -> Table | None:
+        """The LogJob table rows are written to, or None when nothing is written."""
+        if self.processor is None or not isinstance(self.processor.writer, BatchWriter):
+            return None
+        return self.processor.writer.table
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Write every queued row and export every finished span; True if in time."""
@@ -186,9 +195,7 @@ def configure(
         shutdown_timeout_millis: the deadline of `shutdown()` and of exit.
     """
     env = os.environ
-    save_global = resolve_bool(
-        enable_global_db_save, env, ENV_ENABLE_GLOBAL_DB_SAVE, default=True
-    )
+    save_global = resolve_bool(enable_global_db_save, env, ENV_ENABLE_GLOBAL_DB_SAVE, default=True)
     options = log_job if log_job is not None else LogJobOptions.from_environment(env)
     if not isinstance(options, LogJobOptions):
         raise ConfigurationError(f"log_job must be a LogJobOptions; got {options!r}.")
@@ -268,8 +275,8 @@ def _provider(
             )
         return given, False
     existing = trace.get_tracer_provider()
-    created_before = previous is not None and previous.owns_provider and (
-        existing is previous.tracer_provider
+    created_before = (
+        previous is not None and previous.owns_provider and (existing is previous.tracer_provider)
     )
     if isinstance(existing, TracerProvider) and not created_before:
         return existing, False
@@ -309,8 +316,7 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
         ).strip()
         if protocol not in _OTLP_BY_PROTOCOL:
             raise ConfigurationError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL must be 'grpc' or 'http/protobuf'; "
-                f"got {protocol!r}."
+                f"OTEL_EXPORTER_OTLP_PROTOCOL must be 'grpc' or 'http/protobuf'; got {protocol!r}."
             )
         name = _OTLP_BY_PROTOCOL[protocol]
     found = entry_points(group=_EXPORTER_GROUP, name=name)

@@ -94,13 +94,13 @@ class LogJobSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             self._started(span)
-        except Exception:  # noqa: BLE001 - telemetry never breaks the job
+        except Exception:
             self._internal_error("start")
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
             self._ended(span)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._internal_error("end")
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -128,7 +128,9 @@ class LogJobSpanProcessor(SpanProcessor):
         if attributes.get(attrs.PHASE) == attrs.PHASE_PROCESSING:
             parent = span.parent
             if parent is not None:
-                row = self._row(span, attributes, StateJob.PROCESSING, span.start_time, parent.span_id)
+                row = self._row(
+                    span, attributes, StateJob.PROCESSING, span.start_time, parent.span_id
+                )
                 self.writer.submit(row)
             return
         span_id = span.get_span_context().span_id

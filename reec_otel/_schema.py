@@ -204,4 +204,3 @@ class LogJob(_Base):
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in LogJob.__table__.columns)
 ROW_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMN_NAMES if n != "id_log_job")
-

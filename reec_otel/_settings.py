@@ -62,7 +62,9 @@ class LogJobOptions:
         schema = env.get(ENV_SCHEMA) or None
         return cls(
             is_save_db=env_bool(env, ENV_IS_SAVE_DB, default=True),
-            table_name=validate_identifier(table_name, f"The environment variable {ENV_TABLE_NAME}"),
+            table_name=validate_identifier(
+                table_name, f"The environment variable {ENV_TABLE_NAME}"
+            ),
             schema=None
             if schema is None
             else validate_identifier(schema, f"The environment variable {ENV_SCHEMA}"),
@@ -80,8 +82,7 @@ def env_bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise ConfigurationError(
-        f"The environment variable {name} must be true or false (1/0, yes/no, on/off); "
-        f"got {raw!r}."
+        f"The environment variable {name} must be true or false (1/0, yes/no, on/off); got {raw!r}."
     )
 
 

@@ -51,7 +51,7 @@ def safe_str(value: object, limit: int) -> str:
     """``str(value)``, cleaned and cut, even when ``__str__`` itself raises."""
     try:
         text = value if isinstance(value, str) else str(value)
-    except Exception:  # noqa: BLE001 - a hostile __str__ must not break a run
+    except Exception:
         text = _describe_unprintable(value)
     return clean(text, limit)
 
@@ -74,7 +74,7 @@ def format_traceback(exc: BaseException, limit: int = MAX_STACK_TRACE_CHARS) -> 
     """
     try:
         text = "".join(traceback.format_exception(exc))
-    except Exception:  # noqa: BLE001
+    except Exception:
         text = f"{qualified_name(type(exc))}: {_describe_unprintable(exc)}\n"
     return clean(text, limit)
 

@@ -63,7 +63,9 @@ class JobRecordingSampler(Sampler):
     ) -> SamplingResult:
         # Positional, as the SDK's tracer calls samplers: older samplers take
         # no trace_state.
-        result = self.delegate.should_sample(parent_context, trace_id, name, kind, attributes, links)
+        result = self.delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links
+        )
         if result.decision is Decision.DROP and attributes and attrs.NAME in attributes:
             return SamplingResult(Decision.RECORD_ONLY, attributes, result.trace_state)
         return result

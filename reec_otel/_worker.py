@@ -283,7 +283,10 @@ class _Run:
     def succeed(self, value: Any) -> JobResult:
         duration_ms = self._elapsed_ms()
         message = None if value is None else _text.safe_str(value, _text.MAX_MESSAGE_CHARS)
-        end: dict[str, Any] = {attrs.STATE: StateJob.SUCCEEDED.value, attrs.DURATION_MS: duration_ms}
+        end: dict[str, Any] = {
+            attrs.STATE: StateJob.SUCCEEDED.value,
+            attrs.DURATION_MS: duration_ms,
+        }
         if message is not None:
             end[attrs.MESSAGE] = message
         self._end_attributes(end)
@@ -382,14 +385,19 @@ def _is_hex(value: str) -> bool:
 def _continued_trace(trace_id: int) -> otel_context.Context:
     # A remote parent carries the trace id; its span id stands for the caller
     # that handed the identifier over.
-    parent = SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=True,
-                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = SpanContext(
+        trace_id,
+        random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
     return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
 
 
 def _fresh_span_context(trace_id: int | None) -> SpanContext:
-    return SpanContext(trace_id or random.getrandbits(128) or 1, random.getrandbits(64) or 1,
-                       is_remote=False)
+    return SpanContext(
+        trace_id or random.getrandbits(128) or 1, random.getrandbits(64) or 1, is_remote=False
+    )
 
 
 def _delay_seconds(delay: dt.timedelta | float | None) -> float:
@@ -477,7 +485,9 @@ def job(
             @functools.wraps(function)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 box = _ValueBox()
-                worker = Worker(name_job, **settings, run_function=box.calling(function, args, kwargs))
+                worker = Worker(
+                    name_job, **settings, run_function=box.calling(function, args, kwargs)
+                )
                 return box.outcome(await worker.execute_async())
 
             return run_async

@@ -83,9 +83,7 @@ def create_database_engine(url: str | URL) -> Engine:
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if url.database in (None, "", ":memory:"):
             options["poolclass"] = StaticPool
-    elif backend == "postgresql":
-        options["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_SECONDS}
-    elif backend in ("mysql", "mariadb"):
+    elif backend == "postgresql" or backend in ("mysql", "mariadb"):
         options["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_SECONDS}
     try:
         engine = create_engine(url, **options)
@@ -441,4 +439,3 @@ def _describe(exc: SQLAlchemyError) -> str:
 def _require_positive(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigurationError(f"{name} must be a positive number; got {value!r}.")
-
