@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from reec_otel import _attributes as attrs
-from reec_otel import _text
+from reec_otel import _sanitize, _text
 from reec_otel._attributes import StateJob
 from reec_otel._tracing import job_tracer
 
@@ -242,7 +242,7 @@ class _Run:
         self.deferred = bool(worker.delay_seconds)
         start: dict[str, Any] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
         if worker.create_user is not None:
-            start[attrs.CREATE_USER] = _text.safe_str(worker.create_user, _text.MAX_NAME_CHARS)
+            start[attrs.CREATE_USER] = _scrubbed(worker.create_user, _text.MAX_NAME_CHARS)
         if self.deferred:
             start[attrs.DEFERRED] = True
             start[attrs.DELAY_MS] = worker.delay_seconds * 1000.0
@@ -282,7 +282,7 @@ class _Run:
 
     def succeed(self, value: Any) -> JobResult:
         duration_ms = self._elapsed_ms()
-        message = None if value is None else _text.safe_str(value, _text.MAX_MESSAGE_CHARS)
+        message = None if value is None else _scrubbed(value, _text.MAX_MESSAGE_CHARS)
         end: dict[str, Any] = {
             attrs.STATE: StateJob.SUCCEEDED.value,
             attrs.DURATION_MS: duration_ms,
@@ -319,12 +319,12 @@ class _Run:
 
     def _set_failed(self, exc: BaseException, duration_ms: float) -> None:
         self._end_attributes({attrs.STATE: StateJob.FAILED.value, attrs.DURATION_MS: duration_ms})
-        description = f"{type(exc).__qualname__}: {_text.safe_str(exc, 1024)}"
+        description = f"{type(exc).__qualname__}: {_scrubbed(exc, 1024)}"
         self.span.set_status(Status(StatusCode.ERROR, description))
 
     def _end_attributes(self, end: dict[str, Any]) -> None:
         if self.ctx.data:
-            end[attrs.DATA] = _text.to_json(self.ctx.data)
+            end[attrs.DATA] = _sanitize.apply_to_json(_text.to_json(self.ctx.data))
         self.span.set_attributes(end)
 
     def _record(self, exc: BaseException, source: str, *, escaped: bool) -> None:
@@ -332,21 +332,36 @@ class _Run:
             return
         event: dict[str, Any] = {
             attrs.EXCEPTION_TYPE: _text.qualified_name(type(exc)),
-            attrs.EXCEPTION_MESSAGE: _text.safe_str(exc, _text.MAX_EXCEPTION_CHARS),
-            attrs.EXCEPTION_STACKTRACE: _text.format_traceback(exc),
+            attrs.EXCEPTION_MESSAGE: _scrubbed(exc, _text.MAX_EXCEPTION_CHARS),
+            attrs.EXCEPTION_STACKTRACE: _scrubbed_traceback(exc),
             attrs.EXCEPTION_ESCAPED: str(escaped),
             attrs.EXCEPTION_SOURCE: source,
         }
         inner = _text.inner_exception(exc)
         if inner is not None:
-            event[attrs.EXCEPTION_INNER] = _text.safe_str(inner, _text.MAX_EXCEPTION_CHARS)
+            event[attrs.EXCEPTION_INNER] = _scrubbed(inner, _text.MAX_EXCEPTION_CHARS)
         notes = getattr(exc, "__notes__", None)
-        if notes and source == attrs.SOURCE_RUN:
+        if isinstance(notes, list) and notes and source == attrs.SOURCE_RUN:
             self.ctx.data.setdefault("exception_notes", [_text.safe_str(n, 4096) for n in notes])
         self.span.add_event(attrs.EXCEPTION_EVENT, event)
 
     def _result(self, state: StateJob, **fields: Any) -> JobResult:
         return JobResult(state, self.ctx.trace_identifier, self.ctx.span_id, **fields)
+
+
+def _scrubbed(value: object, limit: int) -> str:
+    """Storable text of *value* through the installed sanitiser, cut to *limit*."""
+    text = _text.safe_str(value, limit)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), limit)
+
+
+def _scrubbed_traceback(exc: BaseException) -> str:
+    text = _text.format_traceback(exc)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), _text.MAX_STACK_TRACE_CHARS)
 
 
 def parse_trace_identifier(value: str | uuid.UUID) -> int:
