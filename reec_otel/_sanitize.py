@@ -35,15 +35,25 @@ _SECRET_KEYS: Final = (
 )
 # scheme://user:password@host  ->  scheme://user:[REDACTED]@host
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
-_BEARER = re.compile(r"(?i)\b(?P<head>bearer\s+)[A-Za-z0-9\-._~+/]+=*")
+# A bearer token (8 characters or more: "the bearer of" is not one), and
+# Basic credentials after an Authorization header.
+_BEARER = re.compile(r"(?i)\b(?P<head>bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*")
+_BASIC = re.compile(r"(?i)(?P<head>\bauthorization\s*[:=]\s*basic\s+)[A-Za-z0-9+/]+=*")
 # "password": "value" in JSON text
 _JSON_SECRET = re.compile(
-    rf'(?i)(?P<head>"[A-Za-z0-9_.-]*(?:{_SECRET_KEYS})[A-Za-z0-9_.-]*"\s*:\s*")(?:[^"\\]|\\.)*(?=")'
+    rf'(?i)(?P<head>"(?:[A-Za-z0-9]+[_.-])*(?:{_SECRET_KEYS})(?:[_.-][A-Za-z0-9]+)*"\s*:\s*")'
+    r'(?:[^"\\]|\\.)*(?=")'
 )
-# password=value, token: value, api_key=value (stops at space, quote, & ; ,)
+# The secret word is a whole part of the key: db_password, client-secret, not author.
+_KEY: Final = rf"\b(?:[A-Za-z0-9]+[_.-])*(?:{_SECRET_KEYS})(?:[_.-][A-Za-z0-9]+)*\b"
+# password="value", secret='value'
+_QUOTED_VALUE = re.compile(
+    rf"(?i)(?P<head>{_KEY}\s*[=:]\s*(?P<quote>[\"']))[^\"'\\]*(?=(?P=quote))"
+)
+# password=value, token: value, api_key=value (stops at space, quote, & ; ,); a
+# "Bearer"/"Basic" scheme is left for the bearer rule.
 _KEY_VALUE = re.compile(
-    rf"(?i)(?P<head>\b[A-Za-z0-9_.-]*(?:{_SECRET_KEYS})[A-Za-z0-9_.-]*\s*[=:]\s*)"
-    r"(?!\[REDACTED\])(?!\")[^\s&;,'\"\\]+"
+    rf"(?i)(?P<head>{_KEY}\s*[=:]\s*)(?!\[REDACTED\])(?!(?:bearer|basic)\s)[^\s&;,'\"\\]+"
 )
 
 _lock = threading.Lock()
@@ -68,7 +78,9 @@ def redact_secrets(text: str) -> str:
     """
     text = redact_url_passwords(text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
+    text = _BASIC.sub(lambda m: m["head"] + REDACTED, text)
     text = _JSON_SECRET.sub(lambda m: m["head"] + REDACTED, text)
+    text = _QUOTED_VALUE.sub(lambda m: m["head"] + REDACTED, text)
     return _KEY_VALUE.sub(lambda m: m["head"] + REDACTED, text)
 
 
