@@ -55,6 +55,15 @@ DEFAULT_BATCH_ROWS: Final = 1_000
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 0.5
 DEFAULT_TIMEOUT_MILLIS: Final = 30_000
 _MAX_BACKOFF_SECONDS: Final = 5.0
+# Words of the errors SQLite, PostgreSQL and MariaDB give for lock conflicts.
+_TRANSIENT_SIGNS: Final = (
+    "database is locked",
+    "database table is locked",
+    "deadlock",
+    "lock wait timeout",
+    "could not serialize",
+    "could not obtain lock",
+)
 # The state whose rows are kept when something must be dropped.
 _PRECIOUS_STATE: Final = "Failed"
 _CONNECT_TIMEOUT_SECONDS: Final = 5
@@ -458,7 +467,7 @@ class BatchWriter:
             with self.engine.begin() as connection:
                 self._insert_rows(connection, batch)
         except Exception as exc:
-            if not self._table_ready or not self._reachable():
+            if not self._table_ready or _is_transient(exc) or not self._reachable():
                 self._note_failure(exc, len(batch))
                 return 0
             # The database answers, so something in the batch is refused:
@@ -474,7 +483,7 @@ class BatchWriter:
                 with self.engine.begin() as connection:
                     self._insert_rows(connection, [row])
             except Exception as exc:
-                if not self._reachable():
+                if _is_transient(exc) or not self._reachable():
                     self._note_failure(exc, len(batch) - index)
                     return index
                 self._reject(row, exc)
@@ -626,6 +635,14 @@ def _rows_per_statement(dialect: str, columns: int) -> int:
 
 def _is_precious(row: Row) -> bool:
     return row.get("state_job") == _PRECIOUS_STATE
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A lock timeout, deadlock or serialisation failure: the same rows will pass later."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    message = str(exc.orig).lower()
+    return any(sign in message for sign in _TRANSIENT_SIGNS)
 
 
 def _describe(exc: BaseException) -> str:
