@@ -82,7 +82,9 @@ class Spool:
     logged, never raised: a spool that cannot write simply takes no rows.
     """
 
-    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_SPOOL_MAX_BYTES) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
