@@ -301,7 +301,7 @@ class BatchWriter:
             self._ensure_table()
             with self.engine.begin() as connection:
                 self._insert_rows(connection, batch)
-        except Exception as exc:  # noqa: BLE001 - the writer's thread must not die
+        except Exception as exc:  # the writer's thread must not die
             if _is_outage(exc):
                 self._note_failure(exc, len(batch))
                 return batch
@@ -316,7 +316,7 @@ class BatchWriter:
             try:
                 with self.engine.begin() as connection:
                     self._insert_rows(connection, [row])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _is_outage(exc):
                     self._note_failure(exc, len(batch) - index)
                     return batch[index:]
