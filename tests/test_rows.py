@@ -144,7 +144,7 @@ def test_a_delayed_job_writes_enqueued_at_submission_and_processing_after_the_de
     def run(ctx):
         release.wait(10)
 
-    worker = Worker("delayed", delay=1.0, run_function=run)
+    worker = Worker("delayed", delay=1.0, create_user="scheduler", run_function=run)
     thread = threading.Thread(target=worker.execute)
     thread.start()
     try:
@@ -165,6 +165,7 @@ def test_a_delayed_job_writes_enqueued_at_submission_and_processing_after_the_de
     assert during_processing == ["Enqueued", "Processing"]
     assert states(rows) == ["Enqueued", "Processing", "Succeeded"]
     assert len({r["span_id"] for r in rows}) == 1
+    assert {r["create_user"] for r in rows} == {"scheduler"}
     waited = rows[1]["create_date"] - rows[0]["create_date"]
     assert waited >= dt.timedelta(seconds=1)
     assert rows[2]["duration_ms"] < waited.total_seconds() * 1000
