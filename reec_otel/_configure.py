@@ -226,6 +226,18 @@ def configure(
         )
     url = resolve_database_url(database_url, env) if save_global and options.is_save_db else None
 
+    # Everything that can fail on bad settings happens before the previous
+    # handle is shut down, so that a mistake leaves the running setup alone.
+    writer = None
+    if url is not None:
+        writer = BatchWriter(
+            create_database_engine(url),
+            log_job_table(options.table_name, options.schema),
+            max_queue_rows=max_queue_rows,
+            batch_rows=batch_rows,
+            flush_interval_seconds=flush_interval_seconds,
+        )
+
     with _lock:
         previous = _current
         if previous is not None:
@@ -233,16 +245,10 @@ def configure(
         provider, owns = _provider(tracer_provider, env, previous)
         name = _application_name(application_name, env, provider)
         processor = None
-        if url is not None:
-            table = log_job_table(options.table_name, options.schema)
-            writer = BatchWriter(
-                create_database_engine(url),
-                table,
-                max_queue_rows=max_queue_rows,
-                batch_rows=batch_rows,
-                flush_interval_seconds=flush_interval_seconds,
-                spool=_spool(url, table, name, spool_directory, spool_max_bytes),
-            )
+        if writer is not None:
+            # The spool's default place is keyed by the application's name,
+            # known only now; no row has reached the writer yet.
+            writer.spool = _spool(url, writer.table, name, spool_directory, spool_max_bytes)
             processor = LogJobSpanProcessor(application_name=name, log_job=options, writer=writer)
             provider.add_span_processor(processor)
         handle = ReecOtel(

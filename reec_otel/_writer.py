@@ -278,7 +278,8 @@ class BatchWriter:
         with self._lock:
             return WriterStatistics(
                 rows_written=self._written,
-                rows_queued=len(self._queue) + len(self._in_flight),
+                # Accepted and not yet settled: in memory, being written, or spooled.
+                rows_queued=self._accepted - self._settled,
                 rows_spooled=spooled,
                 rows_dropped=self._dropped,
                 rows_rejected=self._rejected,
