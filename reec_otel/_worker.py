@@ -277,9 +277,7 @@ class _Run:
                 attrs.PHASE: attrs.PHASE_PROCESSING,
             }
             if self.ctx.create_user is not None:
-                start[attrs.CREATE_USER] = _text.safe_str(
-                    self.ctx.create_user, _text.MAX_NAME_CHARS
-                )
+                start[attrs.CREATE_USER] = _scrubbed(self.ctx.create_user, _text.MAX_NAME_CHARS)
             name = f"{self.ctx.name_job} processing"
             self._processing = job_tracer().start_span(name, attributes=start)
             self._processing_token = otel_context.attach(
