@@ -245,7 +245,7 @@ def configure(
         provider, owns = _provider(tracer_provider, env, previous)
         name = _application_name(application_name, env, provider)
         processor = None
-        if writer is not None:
+        if writer is not None and url is not None:
             # The spool's default place is keyed by the application's name,
             # known only now; no row has reached the writer yet.
             writer.spool = _spool(url, writer.table, name, spool_directory, spool_max_bytes)

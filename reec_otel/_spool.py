@@ -215,6 +215,10 @@ class Spool:
         with self._lock:
             self._closed = True
             for segment in self._segments:
+                if segment.pending == 0:
+                    # Unlinked while still locked: no other writer adopts an empty file.
+                    with contextlib.suppress(OSError):
+                        segment.path.unlink()
                 _close_quietly(segment.handle)
             self._segments = []
             self._own = None
