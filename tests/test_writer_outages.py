@@ -234,3 +234,18 @@ def test_rows_spooled_by_a_process_that_ended_are_written_by_the_next_one(
     assert [r["application_name"] for r in rows].count("ended") == 15
     assert [r["application_name"] for r in rows].count("next") == 3
     assert not list(spool.glob("*.spool")) or all(p.stat().st_size == 0 for p in spool.glob("*"))
+
+
+def test_lock_conflicts_are_retried_and_never_taken_for_a_refused_row() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from reec_otel._writer import _is_transient
+
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    deadlock = OperationalError("INSERT", {}, Exception("Deadlock found when trying to get lock"))
+    refused = IntegrityError("INSERT", {}, sqlite3.IntegrityError("NOT NULL constraint failed"))
+    assert _is_transient(locked)
+    assert _is_transient(deadlock)
+    assert not _is_transient(refused)
