@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import reec_otel
 from reec_otel import StateJob, Worker
+from reec_otel._writer import _is_transient
 from tests.conftest import Backend, Tracing
 from tests.tcp_proxy import TcpProxy
 
@@ -237,12 +240,6 @@ def test_rows_spooled_by_a_process_that_ended_are_written_by_the_next_one(
 
 
 def test_lock_conflicts_are_retried_and_never_taken_for_a_refused_row() -> None:
-    import sqlite3
-
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    from reec_otel._writer import _is_transient
-
     locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
     deadlock = OperationalError("INSERT", {}, Exception("Deadlock found when trying to get lock"))
     refused = IntegrityError("INSERT", {}, sqlite3.IntegrityError("NOT NULL constraint failed"))
