@@ -265,6 +265,7 @@ class BatchWriter:
         spooled = self.spool.pending if self.spool is not None else 0
         with self._lock:
             self._dropped += len(leftover) - kept
+            self._settled += len(leftover) - kept
             finished = not alive and not leftover and not spooled
         self._report_unwritten(len(leftover) - kept, spooled)
         if self.spool is not None:
@@ -405,8 +406,9 @@ class BatchWriter:
         while True:
             self._spill()
             with self._lock:
-                remaining = end - time.monotonic()
-                if self._stopping or remaining <= 0:
+                # Shutting down, the wait ends at the deadline at the latest.
+                remaining = min(end, self._stop_deadline) - time.monotonic()
+                if remaining <= 0:
                     return
                 self._wake.wait(remaining)
 
