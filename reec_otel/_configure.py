@@ -70,7 +70,13 @@ class HandleState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Statistics:
-    """What the handle's writer and processor have done so far."""
+    """What the handle's writer and processor have done so far.
+
+    ``rows_queued`` counts rows accepted and not yet written, those waiting in
+    the spool file included (``rows_spooled``). ``rows_dropped`` counts rows
+    that fit neither memory nor spool, exactly. ``internal_errors`` and
+    ``processor_errors`` count faults of reec_otel itself, each logged.
+    """
 
     rows_written: int = 0
     rows_queued: int = 0

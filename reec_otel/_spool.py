@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
+from reec_otel._diagnostics import RateLimitedLog
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -94,6 +96,7 @@ class Spool:
         self._closed = False
         self._peeked: list[int] = []  # end offset of each row returned by the last peek
         self._lost = 0  # damaged rows skipped since take_lost()
+        self._warnings = RateLimitedLog(logger)
 
     @property
     def pending(self) -> int:
@@ -108,7 +111,13 @@ class Spool:
             try:
                 own = self._own_segment()
             except OSError as exc:
-                logger.warning("LogJob spool directory %s is not usable: %s", self.directory, exc)
+                self._warnings.log(
+                    logging.WARNING,
+                    "directory",
+                    "LogJob spool directory %s is not usable: %s",
+                    self.directory,
+                    exc,
+                )
                 return 0
             lines = []
             size = self._own_size
@@ -129,7 +138,13 @@ class Spool:
                 own.handle.flush()
                 os.fsync(own.handle.fileno())
             except OSError as exc:
-                logger.warning("LogJob spool file %s could not be written: %s", own.path, exc)
+                self._warnings.log(
+                    logging.WARNING,
+                    "write",
+                    "LogJob spool file %s could not be written: %s",
+                    own.path,
+                    exc,
+                )
                 _truncate(own.handle, self._own_size)
                 return 0
             self._own_size = size

@@ -163,11 +163,18 @@ def test_a_commit_whose_answer_was_lost_is_retried_without_a_duplicate_row(
     assert handle.statistics().rows_rejected == 0
 
 
+@pytest.mark.parametrize("spool_max_bytes", [0, 4096], ids=["no-spool", "small-spool"])
 def test_when_memory_and_spool_are_full_failed_rows_are_kept_and_drops_counted_exactly(
-    breakable: Breakable, tracing: Tracing, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    breakable: Breakable,
+    tracing: Tracing,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    spool_max_bytes: int,
 ) -> None:
     breakable.take_away()
-    handle = _configure(breakable, tracing, tmp_path, max_queue_rows=6, spool_max_bytes=0)
+    handle = _configure(
+        breakable, tracing, tmp_path, max_queue_rows=6, spool_max_bytes=spool_max_bytes
+    )
     with caplog.at_level(logging.WARNING, logger="reec_otel"):
         for index in range(10):
             Worker(f"ok-{index}", run_function=lambda ctx: "ok").execute()
