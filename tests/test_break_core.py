@@ -1,0 +1,291 @@
+"""Known defects of the job-tracing core, each held by a test that fails today.
+
+Every test here states the behaviour the contract asks for and is marked
+``xfail(strict=True)``: it fails now and turns the suite red the day the defect
+is fixed, so that the mark is removed with the fix. Where a defect shows on one
+backend only, the mark is applied to that backend alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+
+import pytest
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider
+
+import reec_otel
+from reec_otel import ConfigurationError, StateJob, Worker, log_job_table
+from reec_otel._writer import BatchWriter, create_database_engine
+
+
+def states(rows):
+    return [r["state_job"] for r in rows]
+
+
+def xfail_on(request, backend, names, reason):
+    """Mark the running test as a known failure on the backends in *names* only."""
+    if backend.name in names:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def make_row(**overrides):
+    now = dt.datetime.now(dt.UTC)
+    row = {
+        "application_name": "tests",
+        "name_job": "direct",
+        "state_job": "Succeeded",
+        "trace_identifier": uuid.uuid4().hex,
+        "span_id": uuid.uuid4().hex[:16],
+        "duration_ms": 1.5,
+        "exception_type": None,
+        "exception": None,
+        "inner_exception": None,
+        "stack_trace": None,
+        "data": None,
+        "message": "m",
+        "create_user": None,
+        "create_date": now,
+        "create_date_only": now.date(),
+    }
+    row.update(overrides)
+    return row
+
+
+# -- the writer ---------------------------------------------------------------
+
+
+def test_a_row_the_database_refuses_never_holds_back_the_rows_behind_it(request, backend):
+    # MariaDB checks JSON columns with a CHECK constraint; PyMySQL reports its
+    # violation (error 4025) as an OperationalError, which the writer takes for
+    # an outage and retries for ever, with every later row stuck behind it.
+    xfail_on(
+        request,
+        backend,
+        {"mariadb"},
+        "a refused row reported as OperationalError is retried as an outage for ever",
+    )
+    writer = BatchWriter(
+        create_database_engine(backend.url),
+        log_job_table(backend.table_name),
+        flush_interval_seconds=0.05,
+    )
+    try:
+        writer.submit(make_row(name_job="poison", data='{"ratio": NaN}'))
+        for _ in range(3):
+            writer.submit(make_row(name_job="healthy"))
+        flushed = writer.force_flush(2_500)
+    finally:
+        writer.shutdown(500)
+    assert flushed
+    assert len(backend.rows(name_job="healthy")) == 3
+
+
+def test_a_batch_larger_than_the_server_packet_limit_is_still_written(request, backend):
+    # Rows at the package's own text limits: 18 failures of 1 Mi-byte stack
+    # traces go over MariaDB's default 16 MiB max_allowed_packet in one INSERT;
+    # the server drops the connection, the writer takes it for an outage and
+    # retries the same oversized statement for ever.
+    xfail_on(
+        request,
+        backend,
+        {"mariadb"},
+        "statements are chunked by parameter count, never by size",
+    )
+    big = "\U0001f600" * 262_000  # four bytes a character in UTF-8
+    writer = BatchWriter(
+        create_database_engine(backend.url),
+        log_job_table(backend.table_name),
+        flush_interval_seconds=5,
+    )
+    try:
+        for _ in range(18):
+            writer.submit(make_row(state_job="Failed", stack_trace=big))
+        flushed = writer.force_flush(5_000)
+    finally:
+        writer.shutdown(500)
+    assert flushed
+    assert len(backend.rows()) == 18
+
+
+# -- rows from jobs -----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NaN goes into the data JSON as-is: invalid JSON, refused by PostgreSQL and MariaDB",
+)
+def test_job_data_with_a_non_finite_number_still_reaches_the_final_row_as_valid_json(
+    backend, tracing
+):
+    def measure(ctx):
+        ctx.data["ratio"] = math.nan
+        ctx.data["limit"] = math.inf
+        return "measured"
+
+    handle = reec_otel.configure(
+        database_url=backend.url,
+        log_job=backend.log_job,
+        tracer_provider=tracing.provider,
+        flush_interval_seconds=0.05,
+    )
+    try:
+        Worker("measure", run_function=measure).execute()
+        flushed = handle.force_flush(2_500)
+    finally:
+        handle.shutdown(500)
+
+    rows = backend.rows()
+    assert flushed
+    assert states(rows) == ["Enqueued", "Processing", "Succeeded"]
+    # Stored data is standard JSON: no NaN or Infinity tokens.
+    json.dumps(rows[-1]["data"], allow_nan=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the span's attribute limit evicts reec.job.name, so the processor skips the end",
+)
+def test_a_job_that_sets_many_attributes_on_its_span_still_gets_its_final_row(configured, backend):
+    def annotate(ctx):
+        for index in range(130):  # the SDK keeps 128 attributes a span by default
+            ctx.span.set_attribute(f"app.field_{index}", index)
+        return "annotated"
+
+    Worker("annotate", run_function=annotate).execute()
+    configured.force_flush(10_000)
+    assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the SDK cuts reec.job.data to the attribute length limit; the cut JSON is refused",
+)
+def test_an_attribute_length_limit_on_the_provider_never_loses_the_final_row(backend):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        span_limits=SpanLimits(max_span_attribute_length=100), shutdown_on_exit=False
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    handle = reec_otel.configure(
+        database_url=backend.url,
+        log_job=backend.log_job,
+        tracer_provider=provider,
+        flush_interval_seconds=0.05,
+    )
+    try:
+
+        def run(ctx):
+            ctx.data["customer"] = "c" * 200
+            raise ValueError("refused by the bank")
+
+        Worker("limited", run_function=run).execute()
+        handle.force_flush(10_000)
+    finally:
+        handle.shutdown()
+        provider.shutdown()
+    assert states(backend.rows()) == ["Enqueued", "Processing", "Failed"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the processor takes every exception event on the job span for the job's failure",
+)
+def test_an_exception_the_job_records_on_its_own_span_is_not_taken_for_its_failure(
+    configured, backend
+):
+    def run(ctx):
+        try:
+            {}["optional-setting"]
+        except KeyError as handled:
+            ctx.span.record_exception(handled)
+        raise RuntimeError("the real failure")
+
+    Worker("self-recording", run_function=run).execute()
+    configured.force_flush(10_000)
+
+    failed = backend.rows(state_job="Failed")[0]
+    assert failed["exception_type"] == "builtins.RuntimeError"
+    assert failed["exception"] == "the real failure"
+
+
+# -- the Worker -----------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="to_json lets RecursionError escape from succeed()")
+def test_deeply_nested_job_data_never_makes_execute_raise(tracing):
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+
+    def run(ctx):
+        nested: list = []
+        for _ in range(5_000):
+            nested = [nested]
+        ctx.data["tree"] = nested
+        return "built"
+
+    try:
+        result = Worker("deep", run_function=run).execute()
+    finally:
+        handle.shutdown()
+    assert result.state is StateJob.SUCCEEDED
+
+
+@pytest.mark.xfail(
+    strict=True, reason="fail() iterates __notes__ unchecked; its TypeError escapes execute()"
+)
+def test_an_exception_with_malformed_notes_is_recorded_and_execute_returns(tracing):
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+
+    def run(ctx):
+        error = ValueError("odd notes")
+        error.__notes__ = 42  # traceback prints it; nothing checks the type
+        raise error
+
+    try:
+        result = Worker("odd-notes", run_function=run).execute()
+    finally:
+        handle.shutdown()
+    assert result.state is StateJob.FAILED
+    assert isinstance(result.exception, ValueError)
+
+
+# -- configure() ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"application_name": ""}, id="empty-application-name"),
+        pytest.param({"tracer_provider": NoOpTracerProvider()}, id="non-sdk-provider"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the provider and application name are checked after the running handle is shut down",
+)
+def test_a_configure_call_refused_for_bad_settings_leaves_the_running_handle_alone(
+    tracing, sqlite_backend, bad
+):
+    running = reec_otel.configure(
+        database_url=sqlite_backend.url, application_name="app", tracer_provider=tracing.provider
+    )
+    try:
+        arguments = {
+            "database_url": sqlite_backend.url,
+            "application_name": "app",
+            "tracer_provider": tracing.provider,
+            **bad,
+        }
+        with pytest.raises(ConfigurationError):
+            reec_otel.configure(**arguments)
+        Worker("still-running", run_function=lambda ctx: None).execute()
+        assert running.state.value == "running"
+        running.force_flush(10_000)
+        assert len(sqlite_backend.rows(name_job="still-running")) == 3
+    finally:
+        running.shutdown()
