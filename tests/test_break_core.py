@@ -8,19 +8,26 @@ backend only, the mark is applied to that backend alone.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
+import warnings
 
 import pytest
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, inspect, text
 
 import reec_otel
 from reec_otel import ConfigurationError, LogJobSpanProcessor, StateJob, Worker, log_job_table
@@ -419,3 +426,118 @@ def test_the_writer_closes_its_connections_when_it_finishes_after_the_shutdown_d
 def test_a_processor_refuses_an_application_name_longer_than_its_column():
     with pytest.raises(ConfigurationError, match="application_name"):
         LogJobSpanProcessor("sqlite://", application_name="a" * 300)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="reec.job.data is passed on unchecked; text that is not JSON is refused"
+)
+def test_a_job_span_from_other_code_with_data_that_is_not_json_still_gets_its_final_row(
+    backend, tracing
+):
+    processor = LogJobSpanProcessor(backend.url, application_name="tests", log_job=backend.log_job)
+    tracing.provider.add_span_processor(processor)
+    try:
+        tracer = tracing.provider.get_tracer("legacy-scheduler")
+        with tracer.start_as_current_span(
+            "nightly", attributes={"reec.job.name": "nightly"}
+        ) as span:
+            span.set_attribute("reec.job.data", "42 invoices, 3 skipped")
+        processor.force_flush(10_000)
+    finally:
+        processor.shutdown()
+    assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="only configure() wraps the sampler; a processor on its own sees no unsampled job span",
+)
+def test_a_processor_used_on_its_own_keeps_failures_the_sampler_drops(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    code = f"""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+        import reec_otel
+
+        provider = TracerProvider(sampler=ALWAYS_OFF)
+        processor = reec_otel.LogJobSpanProcessor({url!r}, application_name="alone")
+        provider.add_span_processor(processor)
+        trace.set_tracer_provider(provider)
+        reec_otel.Worker("unsampled", run_function=lambda ctx: 1 / 0).execute()
+        assert processor.force_flush(10_000)
+        processor.shutdown()
+        print("ran")
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("REEC_", "OTEL_"))},
+    )
+    assert done.returncode == 0, done.stderr
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            has_table = inspect(connection).has_table("log_job")
+            found = (
+                connection.execute(text("SELECT state_job FROM log_job")).scalars().all()
+                if has_table
+                else []
+            )
+    finally:
+        engine.dispose()
+    assert found == ["Enqueued", "Processing", "Failed"]
+
+
+# -- trace identifiers and async --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param("\u0664" * 32, id="arabic-indic-digits"),
+        pytest.param("\uff11" * 32, id="fullwidth-digits"),
+        pytest.param("urn:4bf92f3577b34da6a3ce929d0e0e4736", id="urn-prefix-without-uuid"),
+        pytest.param("----4bf92f3577b34da6a3ce929d0e0e4736", id="dashes-anywhere"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True, reason="int(..., 16) takes any Unicode digit; uuid.UUID() strips prefixes"
+)
+def test_a_trace_identifier_that_is_not_32_ascii_hex_digits_or_a_uuid_is_refused(given):
+    with pytest.raises(ValueError, match="trace_identifier"):
+        Worker("odd-id", trace_identifier=given)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="only coroutine functions are refused; a returned coroutine goes to asyncio.run",
+)
+def test_a_run_function_returning_a_coroutine_inside_a_running_loop_is_refused_cleanly(tracing):
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+
+    async def fetch(ctx):
+        return "fetched"
+
+    async def main():
+        return Worker("wrapped-async", run_function=lambda ctx: fetch(ctx)).execute()
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                outcome = asyncio.run(main())
+            except RuntimeError as exc:
+                message = str(exc)
+            else:
+                message = str(outcome.exception)
+            outcome = None  # drop the traceback that holds the coroutine
+            gc.collect()
+    finally:
+        handle.shutdown()
+    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == []
+    assert "execute_async" in message
