@@ -522,8 +522,14 @@ def test_a_run_function_returning_a_coroutine_inside_a_running_loop_is_refused_c
     async def fetch(ctx):
         return "fetched"
 
+    made = []
+
+    def run(ctx):
+        made.append(fetch(ctx))
+        return made[-1]
+
     async def main():
-        return Worker("wrapped-async", run_function=lambda ctx: fetch(ctx)).execute()
+        return Worker("wrapped-async", run_function=run).execute()
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -538,6 +544,8 @@ def test_a_run_function_returning_a_coroutine_inside_a_running_loop_is_refused_c
             gc.collect()
     finally:
         handle.shutdown()
+        for coroutine in made:  # leave nothing to warn later, outside this test
+            coroutine.close()
     unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert unawaited == []
     assert "execute_async" in message
