@@ -9,6 +9,7 @@ backend only, the mark is applied to that backend alone.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import gc
 import json
@@ -580,3 +581,47 @@ def test_every_table_name_the_options_accept_can_be_created_and_written(request,
         handle.shutdown(500)
         log_job_table(name).drop(backend.engine, checkfirst=True)
     assert written == 3
+
+
+# -- where a run belongs ----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the trace is read from the context at execute(), not where the job was made",
+)
+def test_a_job_made_inside_a_request_and_handed_to_a_thread_pool_continues_the_request_trace(
+    tracing,
+):
+    # The ADR's Worker takes the request's trace identifier when it is made;
+    # DESIGN.md: a job "handed to another thread or queue" belongs to its request.
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+    try:
+        with (
+            tracing.provider.get_tracer("web").start_as_current_span("POST /invoices") as request,
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
+        ):
+            worker = Worker("send-invoice", run_function=lambda ctx: "sent")
+            result = pool.submit(worker.execute).result(timeout=10)
+    finally:
+        handle.shutdown()
+    assert result.trace_identifier == f"{request.get_span_context().trace_id:032x}"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="IWorker declares name_job, is_light_execution and the two executes only"
+)
+def test_the_iworker_protocol_includes_the_run_function_and_its_exception_handler():
+    # DESIGN.md: "IWorker is the execution contract: run_function,
+    # run_function_exception, is_light_execution".
+    class ExecutesNothing:
+        name_job = "empty"
+        is_light_execution = False
+
+        def execute(self):
+            raise NotImplementedError
+
+        async def execute_async(self):
+            raise NotImplementedError
+
+    assert not isinstance(ExecutesNothing(), reec_otel.IWorker)
