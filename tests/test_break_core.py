@@ -625,3 +625,45 @@ def test_the_iworker_protocol_includes_the_run_function_and_its_exception_handle
             raise NotImplementedError
 
     assert not isinstance(ExecutesNothing(), reec_otel.IWorker)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the delay's clock starts at submission and is reset only when it ends"
+)
+def test_a_run_cancelled_during_its_delay_records_no_delay_as_its_duration(tracing):
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+
+    async def main():
+        task = asyncio.create_task(
+            Worker("cancelled-early", delay=5, run_function=lambda ctx: None).execute_async()
+        )
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        handle.shutdown()
+    (span,) = tracing.spans("cancelled-early")
+    assert span.attributes["reec.job.state"] == "Failed"
+    # DESIGN.md: the duration excludes the delay; processing never started.
+    assert span.attributes["reec.job.duration_ms"] < 250
+
+
+@pytest.mark.xfail(strict=True, reason="reec.job.light is read by truth value, not as a boolean")
+def test_a_job_span_from_other_code_whose_light_flag_is_the_text_false_is_stored_in_full(
+    backend, tracing
+):
+    processor = LogJobSpanProcessor(backend.url, application_name="tests", log_job=backend.log_job)
+    tracing.provider.add_span_processor(processor)
+    try:
+        tracer = tracing.provider.get_tracer("legacy-scheduler")
+        attributes = {"reec.job.name": "report", "reec.job.light": "false"}
+        with tracer.start_as_current_span("report", attributes=attributes):
+            pass
+        processor.force_flush(10_000)
+    finally:
+        processor.shutdown()
+    assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
