@@ -743,3 +743,24 @@ def test_job_data_cut_to_its_limit_stays_within_the_limit(tracing):
         handle.shutdown()
     (span,) = tracing.spans("quotes")
     assert len(span.attributes["reec.job.data"]) <= MAX_DATA_CHARS
+
+
+def test_a_job_span_from_other_code_with_a_non_finite_duration_still_gets_its_final_row(
+    request, backend, tracing
+):
+    xfail_on(
+        request,
+        backend,
+        {"mariadb"},
+        "reec.job.duration_ms is passed on unchecked; PyMySQL refuses NaN client-side",
+    )
+    processor = LogJobSpanProcessor(backend.url, application_name="tests", log_job=backend.log_job)
+    tracing.provider.add_span_processor(processor)
+    try:
+        tracer = tracing.provider.get_tracer("legacy-scheduler")
+        with tracer.start_as_current_span("import", attributes={"reec.job.name": "import"}) as span:
+            span.set_attribute("reec.job.duration_ms", math.nan)
+        processor.force_flush(10_000)
+    finally:
+        processor.shutdown()
+    assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
