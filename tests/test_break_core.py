@@ -595,8 +595,8 @@ def test_every_table_name_the_options_accept_can_be_created_and_written(request,
 def test_a_job_made_inside_a_request_and_handed_to_a_thread_pool_continues_the_request_trace(
     tracing,
 ):
-    # The ADR's Worker takes the request's trace identifier when it is made;
-    # DESIGN.md: a job "handed to another thread or queue" belongs to its request.
+    # A job made inside a request belongs to that request, wherever it runs:
+    # handing it to another thread or queue must not start a new trace.
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
     try:
         with (
@@ -614,8 +614,8 @@ def test_a_job_made_inside_a_request_and_handed_to_a_thread_pool_continues_the_r
     strict=True, reason="IWorker declares name_job, is_light_execution and the two executes only"
 )
 def test_the_iworker_protocol_includes_the_run_function_and_its_exception_handler():
-    # DESIGN.md: "IWorker is the execution contract: run_function,
-    # run_function_exception, is_light_execution".
+    # IWorker is the execution contract: run_function, run_function_exception
+    # and is_light_execution, besides the two ways to execute.
     class ExecutesNothing:
         name_job = "empty"
         is_light_execution = False
@@ -650,7 +650,7 @@ def test_a_run_cancelled_during_its_delay_records_no_delay_as_its_duration(traci
         handle.shutdown()
     (span,) = tracing.spans("cancelled-early")
     assert span.attributes["reec.job.state"] == "Failed"
-    # DESIGN.md: the duration excludes the delay; processing never started.
+    # The duration excludes the delay, and processing never started.
     assert span.attributes["reec.job.duration_ms"] < 250
 
 
