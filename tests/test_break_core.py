@@ -77,12 +77,6 @@ def test_a_row_the_database_refuses_never_holds_back_the_rows_behind_it(request,
     # MariaDB checks JSON columns with a CHECK constraint; PyMySQL reports its
     # violation (error 4025) as an OperationalError, which the writer takes for
     # an outage and retries for ever, with every later row stuck behind it.
-    xfail_on(
-        request,
-        backend,
-        {"mariadb"},
-        "a refused row reported as OperationalError is retried as an outage for ever",
-    )
     writer = BatchWriter(
         create_database_engine(backend.url),
         log_job_table(backend.table_name),
@@ -104,12 +98,6 @@ def test_a_batch_larger_than_the_server_packet_limit_is_still_written(request, b
     # traces go over MariaDB's default 16 MiB max_allowed_packet in one INSERT;
     # the server drops the connection, the writer takes it for an outage and
     # retries the same oversized statement for ever.
-    xfail_on(
-        request,
-        backend,
-        {"mariadb"},
-        "statements are chunked by parameter count, never by size",
-    )
     big = "\U0001f600" * 262_000  # four bytes a character in UTF-8
     writer = BatchWriter(
         create_database_engine(backend.url),
@@ -248,9 +236,6 @@ def test_deeply_nested_job_data_never_makes_execute_raise(tracing):
     assert result.state is StateJob.SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=True, reason="fail() iterates __notes__ unchecked; its TypeError escapes execute()"
-)
 def test_an_exception_with_malformed_notes_is_recorded_and_execute_returns(tracing):
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
 
@@ -350,9 +335,6 @@ def test_the_writer_never_holds_more_rows_than_its_bound_while_a_batch_is_in_fli
     assert stats.rows_dropped == 5
 
 
-@pytest.mark.xfail(
-    strict=True, reason="shutdown() logs the unwritten rows but never adds them to rows_dropped"
-)
 def test_rows_left_unwritten_at_the_shutdown_deadline_are_counted_as_dropped():
     url = f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/none"
     writer = BatchWriter(create_database_engine(url), log_job_table(), flush_interval_seconds=0.01)
