@@ -93,6 +93,7 @@ def _complete(row: dict[str, Any]) -> dict[str, Any]:
         "trace_identifier": uuid.uuid4().hex,
         "span_id": uuid.uuid4().hex[:16],
         "create_date_only": created.date(),
+        "duration_ms": None,
         **row,
         "create_date": created,
     }
