@@ -127,16 +127,16 @@ def database_url_option(function: F) -> F:
 # -- the read-only engine -------------------------------------------------------
 
 
-def query_engine(url: URL) -> Engine:
-    """An engine for reading: short connect timeouts, and never a new SQLite file."""
+def query_engine(url: URL, *, create_sqlite_file: bool = False) -> Engine:
+    """An engine with short connect timeouts that makes no new SQLite file unless asked."""
     backend = url.get_backend_name()
     connect_args: dict[str, Any] = {}
-    if backend == "sqlite":
+    if backend == "sqlite" and not create_sqlite_file:
         database = url.database or ""
         on_disk = database not in ("", ":memory:") and not database.startswith("file:")
         if on_disk and not Path(database).exists():
             raise DatabaseProblem(f"The SQLite database {database} does not exist.")
-    else:
+    if backend != "sqlite":
         connect_args["connect_timeout"] = _CONNECT_TIMEOUT_SECONDS
     try:
         return create_engine(url, connect_args=connect_args)

@@ -55,7 +55,7 @@ def upgrade_command(database_url: str | None) -> None:
       reec-otel db upgrade --database-url postgresql+psycopg://admin@db/app
     """
     settings = Settings.resolve(database_url)
-    engine = query_engine(settings.url)
+    engine = query_engine(settings.url, create_sqlite_file=True)
     try:
         with engine.begin() as connection:
             before, after = upgrade(connection, _target(settings))
