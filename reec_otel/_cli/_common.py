@@ -171,7 +171,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in click 8.2+
     """A span of time such as 90s, 30m, 2h, 7d or 1w."""
 
     name = "duration"
@@ -186,7 +186,7 @@ class Duration(click.ParamType):
         return dt.timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
 
 
-class TraceId(click.ParamType):
+class TraceId(click.ParamType):  # type: ignore[type-arg]  # generic only in click 8.2+
     """A trace id: 32 hexadecimal digits or a UUID, normalised to lowercase hex."""
 
     name = "trace_id"

@@ -157,13 +157,14 @@ def _rows_table(rows: Sequence[Mapping[str, Any]]) -> Any:
 
     several_apps = len({row["application_name"] for row in rows}) > 1
     table = RichTable(box=None, header_style="bold")
-    table.add_column("created (UTC)", no_wrap=True)
+    # The time, state and trace id are never cut; the summary takes what is left.
+    table.add_column("created (UTC)", no_wrap=True, min_width=19)
     if several_apps:
-        table.add_column("app")
-    table.add_column("job")
-    table.add_column("state", no_wrap=True)
-    table.add_column("ms", justify="right", no_wrap=True)
-    table.add_column("trace", no_wrap=True)
+        table.add_column("app", no_wrap=True, overflow="ellipsis", min_width=8)
+    table.add_column("job", no_wrap=True, overflow="ellipsis", min_width=12)
+    table.add_column("state", no_wrap=True, min_width=10)
+    table.add_column("ms", justify="right", no_wrap=True, min_width=8)
+    table.add_column("trace", no_wrap=True, min_width=32)
     table.add_column("message / exception", overflow="ellipsis", no_wrap=True)
     for row in rows:
         cells: list[Any] = [short_time(row["create_date"])]
@@ -283,10 +284,14 @@ class _JobStats:
             "runs": self.runs,
             "failures": self.failures,
             "failure_rate": round(self.failures / self.runs, 6),
-            "median_ms": statistics.median(self.durations) if self.durations else None,
-            "p95_ms": percentile(self.durations, 0.95),
+            "median_ms": _rounded(statistics.median(self.durations) if self.durations else None),
+            "p95_ms": _rounded(percentile(self.durations, 0.95)),
             "last_failure": self.last_failure,
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -309,8 +314,10 @@ def job_statistics(
     ).where(table.c.state_job.in_(FINAL_STATES))
     query = _since(query_filter(query), table, window)
     by_job: dict[str, _JobStats] = {}
-    for name_job, state, duration_ms, created in connection.execute(query):
-        by_job.setdefault(name_job, _JobStats()).add(state, duration_ms, created)
+    for row in connection.execute(query):
+        by_job.setdefault(row.name_job, _JobStats()).add(
+            row.state_job, row.duration_ms, row.create_date
+        )
     return [by_job[name].as_record(name) for name in sorted(by_job)]
 
 

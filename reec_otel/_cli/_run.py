@@ -89,7 +89,7 @@ def run_command(
         database_url=settings.url, application_name=settings.application_name
     )
     worker = reec_otel.Worker(
-        name_job or getattr(function, "__qualname__", target),
+        name_job or str(getattr(function, "__qualname__", target)),
         is_light_execution=light,
         create_user=create_user,
         run_function=run_function_for(function, args),

@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 
 from reec_otel._errors import ReecOtelError
 from reec_otel._schema import COLUMN_NAMES, validate_identifier
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
     "BASELINE_REVISION",
@@ -159,7 +162,7 @@ def _config(
     connection: Connection | None = None,
     url: URL | None = None,
     output: TextIO | None = None,
-) -> object:
+) -> Config:
     from alembic.config import Config
 
     config = Config(output_buffer=output)
