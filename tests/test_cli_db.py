@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cli_support import Cli
-from conftest import Backend
+from conftest import Backend, Tracing
 from sqlalchemy import Engine, inspect, text
 
 import reec_otel
@@ -77,12 +78,13 @@ def test_upgrade_on_an_empty_database_creates_exactly_the_logjob_table(
 
 
 def test_upgrade_recognises_a_table_made_by_configure_and_keeps_its_rows(
-    cli: Cli, backend: Backend
+    cli: Cli, backend: Backend, tracing: Tracing
 ) -> None:
     handle = reec_otel.configure(
         database_url=backend.url,
         application_name="cli-tests",
         log_job=LogJobOptions(table_name=backend.table_name),
+        tracer_provider=tracing.provider,
     )
     reec_otel.Worker("before-upgrade", run_function=lambda ctx: "kept").execute()
     handle.shutdown()
@@ -149,6 +151,42 @@ def test_doctor_passes_on_a_migrated_database_and_fails_without_the_table(
     assert report["ok"] is False
     assert {c["name"]: c["status"] for c in report["checks"]}["table"] == "failed"
     assert report["settings"]["table"] == backend.table_name
+
+
+@pytest.fixture
+def schema(backend: Backend) -> Iterator[str]:
+    """A schema (PostgreSQL) or database (MariaDB) of the test's own."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has no schemas to create")
+    name = f"reec_cli_{uuid.uuid4().hex[:10]}"
+    with backend.engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {name}"))
+    yield name
+    drop = "DROP SCHEMA {} CASCADE" if backend.name == "postgresql" else "DROP SCHEMA {}"
+    with backend.engine.begin() as connection:
+        connection.execute(text(drop.format(name)))
+
+
+def test_upgrade_and_queries_work_in_a_configured_schema(
+    cli: Cli, backend: Backend, schema: str
+) -> None:
+    env = cli.env(REEC_LOG_JOB_SCHEMA=schema)
+    upgraded = cli.run(["db", "upgrade"], env=env)
+    recorded = cli.run(["exec"], "--name", "in-schema", "--", "true", env=env)
+    listed = cli.run(["jobs", "list"], "--format", "json", env=env)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"{schema}.{backend.table_name} in" in upgraded.stdout
+    found = inspect(backend.engine)
+    assert found.has_table(backend.table_name, schema=schema)
+    assert found.has_table(version_table_name(backend.table_name), schema=schema)
+    assert not found.has_table(backend.table_name)
+    assert recorded.returncode == 0, recorded.stderr
+    assert [r["state_job"] for r in json.loads(listed.stdout)] == [
+        "Succeeded",
+        "Processing",
+        "Enqueued",
+    ]
 
 
 # -- the same on every backend ------------------------------------------------------

@@ -28,8 +28,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 import reec_otel
+from reec_otel import JobContext
 from reec_otel._cli._common import Settings, database_url_option
-from reec_otel._worker import JobContext
 
 EXIT_TIMEOUT: Final = 124
 EXIT_CANNOT_START: Final = 127

@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 import reec_otel
+from reec_otel import JobContext
 from reec_otel._cli._common import Settings, UsageProblem, database_url_option
-from reec_otel._worker import JobContext
 
 
 def load_callable(spec: str) -> Callable[..., Any]:

@@ -123,8 +123,15 @@ def upgrade(connection: Connection, target: Target) -> tuple[SchemaStatus, Schem
     """
     from alembic import command
 
+    # TODO: two upgrades racing on an empty database both try CREATE TABLE and
+    # one fails; a backend lock around this (pg_advisory_xact_lock, GET_LOCK,
+    # SQLite's write lock) keyed on the version table would serialise them.
     before = schema_status(connection, target)
     config = _config(target, connection=connection)
+    # TODO: the writer creates the table from the current model and records no
+    # revision; once a second revision exists, an unversioned table must be
+    # matched to the revision its columns correspond to (or the writer must
+    # record head when it creates the table), not assumed to be the baseline.
     if before.is_unversioned:
         _require_baseline_columns(connection, target)
         command.stamp(config, BASELINE_REVISION)
