@@ -233,16 +233,21 @@ def exec_command(
       30 2 * * * reec-otel exec --name nightly-report --timeout 3600 -- /opt/app/report.sh
     """
     settings = Settings.resolve(database_url, application_name)
-    handle = reec_otel.configure(
-        database_url=settings.url, application_name=settings.application_name
-    )
     program = Program(command, timeout_seconds)
-    worker = reec_otel.Worker(
-        name_job, is_light_execution=light, create_user=create_user, run_function=program.run
-    )
-    try:
-        with _signals_forwarded_to(program), _incoming_context():
-            worker.execute()
-    finally:
-        handle.shutdown()
+    # Signals are caught from here to the last row written: one that arrives
+    # before the program starts is passed on as soon as it has started, and
+    # one that arrives after it ended does not cut the writing short (the
+    # shutdown has its own deadline).
+    with _signals_forwarded_to(program):
+        handle = reec_otel.configure(
+            database_url=settings.url, application_name=settings.application_name
+        )
+        worker = reec_otel.Worker(
+            name_job, is_light_execution=light, create_user=create_user, run_function=program.run
+        )
+        try:
+            with _incoming_context():
+                worker.execute()
+        finally:
+            handle.shutdown()
     ctx.exit(program.exit_code)
