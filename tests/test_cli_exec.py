@@ -212,7 +212,7 @@ def test_light_mode_records_only_a_failure(cli: Cli, backend: Backend) -> None:
     assert [r["state_job"] for r in backend.rows(name_job="quiet")] == ["Failed"]
 
 
-def test_the_program_runs_when_the_database_is_unreachable(tmp_path: object) -> None:
+def test_the_program_runs_when_the_database_is_unreachable() -> None:
     cli = Cli("postgresql+psycopg://postgres:sekrit@127.0.0.1:1/none", "log_job")
     program = python("import sys; print('still ran'); sys.exit(5)")
     done = cli.run(["exec"], "--name", "offline", "--", *program)

@@ -207,9 +207,6 @@ def utc_now() -> dt.datetime:
 # -- output -----------------------------------------------------------------------
 
 
-FORMATS = ("table", "json", "csv")
-
-
 def format_option(*choices: str) -> Callable[[F], F]:
     return click.option(
         "--format",
