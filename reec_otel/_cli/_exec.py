@@ -85,6 +85,11 @@ class Program:
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
         """Pass a signal on to the program (kept until it has started)."""
+        # TODO: Ctrl-C at a terminal signals the whole foreground process group,
+        # so the program gets SIGINT from the terminal and again from here; a
+        # program that treats a second SIGINT as "force quit" will do so. Running
+        # the program in its own process group made the terminal's foreground
+        # group (tcsetpgrp, as shells do) would make this the only delivery.
         with self._lock:
             process = self._process
             if process is None:
