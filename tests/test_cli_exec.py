@@ -219,6 +219,6 @@ def test_the_program_runs_when_the_database_is_unreachable() -> None:
 
     assert done.returncode == 5
     assert done.stdout == "still ran\n"
-    assert "cannot reach the database" in done.stderr
+    assert "cannot write to the database" in done.stderr
     assert "sekrit" not in done.stderr
     assert "Traceback" not in done.stderr

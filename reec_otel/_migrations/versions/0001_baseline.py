@@ -39,7 +39,7 @@ def upgrade(*, table_name: str, schema: str | None) -> None:
         sa.Column("state_job", sa.String(16), nullable=False),
         sa.Column("trace_identifier", sa.String(32), nullable=False),
         sa.Column("span_id", sa.String(16), nullable=False),
-        sa.Column("duration_ms", sa.Float(), nullable=True),
+        sa.Column("duration_ms", sa.Double(), nullable=True),
         sa.Column("exception_type", sa.String(255), nullable=True),
         sa.Column("exception", _long_text(), nullable=True),
         sa.Column("inner_exception", _long_text(), nullable=True),
