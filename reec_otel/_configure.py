@@ -30,6 +30,8 @@ from sqlalchemy.engine import URL
 from reec_otel import _tracing
 from reec_otel._errors import ConfigurationError, LifecycleError
 from reec_otel._processor import LogJobSpanProcessor
+from reec_otel._retention import start_clean_scheduler
+from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
 from reec_otel._settings import (
     ENV_APPLICATION_NAME,
@@ -91,6 +93,7 @@ class ReecOtel:
         processor: LogJobSpanProcessor | None,
         database_url: URL | None,
         shutdown_timeout_millis: int,
+        log_job: LogJobOptions | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.owns_provider = owns_provider
@@ -98,6 +101,8 @@ class ReecOtel:
         self.processor = processor
         self.database_url = database_url
         self.shutdown_timeout_millis = shutdown_timeout_millis
+        self.log_job = log_job
+        self.clean_scheduler: CleanScheduler | None = None
         self.state = HandleState.RUNNING
         self._shutdown_result = True
         self._lock = threading.Lock()
@@ -146,6 +151,8 @@ class ReecOtel:
         deadline = time.monotonic() + timeout / 1000
         _uninstall(self)
         done = True
+        if self.clean_scheduler is not None:
+            done = self.clean_scheduler.stop(_millis_until(deadline))
         if self.processor is not None:
             done = self.processor.shutdown_within(_millis_until(deadline))
         if self.owns_provider:
@@ -225,8 +232,10 @@ def configure(
             processor=processor,
             database_url=url,
             shutdown_timeout_millis=shutdown_timeout_millis,
+            log_job=options,
         )
         _install(handle)
+        handle.clean_scheduler = start_clean_scheduler(handle)
     logger.info("reec_otel configured: %r", handle)
     return handle
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -132,10 +132,10 @@ class LogJobOptions:
         )
 
 
-def _retention_from_environment(env: Mapping[str, str]) -> dict[str, object]:
+def _retention_from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     """The retention options set in the environment; unset ones keep their defaults."""
-    found: dict[str, object] = {"enable_clean": env_bool(env, ENV_ENABLE_CLEAN, default=True)}
-    readers = {
+    found: dict[str, Any] = {"enable_clean": env_bool(env, ENV_ENABLE_CLEAN, default=True)}
+    readers: dict[str, tuple[str, Callable[[str, str], Any]]] = {
         ENV_DELETE_DAYS: ("delete_days", _rules.parse_days),
         ENV_DELETE_BATCH: ("delete_batch", _parse_batch),
         ENV_CLEAN_CRON: ("clean_cron", validate_cron),
