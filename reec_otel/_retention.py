@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
 from opentelemetry.sdk.resources import Resource
-from sqlalchemy import Table, and_, delete, exists, func, inspect, or_, select
+from sqlalchemy import Table, delete, inspect, or_, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -63,7 +63,7 @@ DEFAULT_NAME_JOB: Final = "CleanLogJobWorker"
 
 # Rows a run has at most: Enqueued, Processing and its final state.
 _ROWS_PER_RUN: Final = 3
-# Span ids per DELETE statement, under every backend's parameter limit.
+# Values per IN list, under every backend's parameter limit.
 _SPANS_PER_STATEMENT: Final = 500
 _RETRIES: Final = 3
 
@@ -390,15 +390,17 @@ class _Cleaner:
     def batches(self, current: RetentionPass, *, dry_run: bool) -> Iterator[int]:
         """Rows deleted (or counted) batch by batch, until the pass is done or cancelled."""
         after: tuple[dt.datetime, int] | None = None
+        later = _LATER[current.state]
         while not self._cancelled.is_set():
             runs = self._retry(self._select_runs, current, after)
             if not runs:
                 return
             spans = [span_id for span_id, _, _ in runs]
-            if dry_run:
-                yield self._retry(self._count, spans, current.cutoff)
-            else:
-                yield self._retry(self._delete, spans, current.cutoff)
+            if later:
+                spans = self._retry(self._without_later_rows, spans, later)
+            if spans:
+                remove = self._count if dry_run else self._delete
+                yield self._retry(remove, spans, current.cutoff)
             if len(runs) < self.runs_per_batch:
                 return
             _, last_date, last_id = runs[-1]
@@ -407,6 +409,7 @@ class _Cleaner:
     def _select_runs(
         self, current: RetentionPass, after: tuple[dt.datetime, int] | None
     ) -> list[tuple[str, dt.datetime, int]]:
+        """The next page of rows in *current*'s state, oldest first, as (span, date, id)."""
         t = self.table
         query = select(t.c.span_id, t.c.create_date, t.c.id_log_job).where(
             t.c.application_name == self.application_name,
@@ -417,15 +420,6 @@ class _Cleaner:
             query = query.where(t.c.name_job == current.name)
         if current.excluded_names:
             query = query.where(t.c.name_job.not_in(current.excluded_names))
-        later = _LATER[current.state]
-        if later:
-            other = t.alias("later_row")
-            query = query.where(
-                ~exists().where(
-                    other.c.span_id == t.c.span_id,
-                    other.c.state_job.in_([s.value for s in later]),
-                )
-            )
         if after is not None:
             last_date, last_id = after
             query = query.where(
@@ -436,33 +430,57 @@ class _Cleaner:
         with self.engine.connect() as connection:
             return [(row[0], row[1], row[2]) for row in connection.execute(query)]
 
-    def _rows_of(self, spans: Sequence[str], cutoff: dt.date) -> Any:
+    def _without_later_rows(self, spans: list[str], later: tuple[StateJob, ...]) -> list[str]:
+        """The runs of *spans* that reached none of the *later* states: their row is the last.
+
+        Looked up by value through the (span_id, state_job) unique index: as a
+        NOT EXISTS subquery, MariaDB would read the whole index each batch.
+        """
         t = self.table
-        return and_(
-            t.c.application_name == self.application_name,
-            t.c.span_id.in_(spans),
-            t.c.create_date_only < cutoff,
-        )
-
-    def _delete(self, spans: Sequence[str], cutoff: dt.date) -> int:
-        deleted = 0
-        with self.engine.begin() as connection:
-            for start in range(0, len(spans), _SPANS_PER_STATEMENT):
-                chunk = spans[start : start + _SPANS_PER_STATEMENT]
-                result = connection.execute(delete(self.table).where(self._rows_of(chunk, cutoff)))
-                deleted += result.rowcount
-        return deleted
-
-    def _count(self, spans: Sequence[str], cutoff: dt.date) -> int:
-        counted = 0
+        found: set[str] = set()
         with self.engine.connect() as connection:
             for start in range(0, len(spans), _SPANS_PER_STATEMENT):
                 chunk = spans[start : start + _SPANS_PER_STATEMENT]
-                query = select(func.count()).select_from(self.table)
-                counted += connection.execute(
-                    query.where(self._rows_of(chunk, cutoff))
-                ).scalar_one()
-        return counted
+                query = select(t.c.span_id).where(
+                    t.c.span_id.in_(chunk), t.c.state_job.in_([s.value for s in later])
+                )
+                found.update(connection.execute(query).scalars())
+        return [span for span in spans if span not in found]
+
+    def _row_ids(self, spans: Sequence[str], cutoff: dt.date) -> list[int]:
+        """Ids of this application's rows of *spans* dated before *cutoff*.
+
+        The WHERE clause names span_id alone, so that every planner looks the
+        rows up by the unique index; the other conditions are checked here.
+        """
+        t = self.table
+        ids: list[int] = []
+        with self.engine.connect() as connection:
+            for start in range(0, len(spans), _SPANS_PER_STATEMENT):
+                chunk = spans[start : start + _SPANS_PER_STATEMENT]
+                query = select(t.c.id_log_job, t.c.application_name, t.c.create_date_only)
+                for row_id, application, day in connection.execute(
+                    query.where(t.c.span_id.in_(chunk))
+                ):
+                    if application == self.application_name and day < cutoff:
+                        ids.append(row_id)
+        return ids
+
+    def _count(self, spans: Sequence[str], cutoff: dt.date) -> int:
+        return len(self._row_ids(spans, cutoff))
+
+    def _delete(self, spans: Sequence[str], cutoff: dt.date) -> int:
+        ids = self._row_ids(spans, cutoff)
+        t = self.table
+        deleted = 0
+        with self.engine.begin() as connection:
+            for start in range(0, len(ids), _SPANS_PER_STATEMENT):
+                chunk = ids[start : start + _SPANS_PER_STATEMENT]
+                statement = delete(t).where(
+                    t.c.id_log_job.in_(chunk), t.c.application_name == self.application_name
+                )
+                deleted += connection.execute(statement).rowcount
+        return deleted
 
     def _retry(self, attempt: Callable[..., T], *args: Any) -> T:
         # A deadlock victim or a busy SQLite file: the batch is short, try again.
