@@ -188,3 +188,28 @@ def _copy(engine: Engine, table: Table, runs: Sequence[Run]) -> None:
         raw.commit()
     finally:
         raw.close()
+
+
+def make_run(
+    application_name: str,
+    name_job: str,
+    final: StateJob,
+    days_ago: int,
+    *,
+    started_days_ago: int | None = None,
+    today: dt.date | None = None,
+) -> Run:
+    """One run whose final row is *days_ago* days old (at noon UTC)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    noon = dt.datetime.combine(today, dt.time(12), dt.UTC)
+    ended = noon - dt.timedelta(days=days_ago)
+    started = ended if started_days_ago is None else noon - dt.timedelta(days=started_days_ago)
+    return Run(
+        application_name,
+        name_job,
+        final,
+        f"{random.getrandbits(64):016x}",
+        f"{random.getrandbits(128):032x}",
+        started,
+        ended,
+    )
