@@ -27,10 +27,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
-from reec_otel import _tracing
+from reec_otel import _sanitize, _signals, _tracing
 from reec_otel._errors import ConfigurationError, LifecycleError
 from reec_otel._processor import LogJobSpanProcessor
 from reec_otel._retention import start_clean_scheduler
+from reec_otel._sanitize import Sanitizer
 from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
 from reec_otel._settings import (
@@ -40,6 +41,7 @@ from reec_otel._settings import (
     resolve_bool,
     resolve_database_url,
 )
+from reec_otel._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, default_spool_directory
 from reec_otel._version import __version__
 from reec_otel._writer import (
     DEFAULT_BATCH_ROWS,
@@ -70,13 +72,21 @@ class HandleState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Statistics:
-    """What the handle's writer and processor have done so far."""
+    """What the handle's writer and processor have done so far.
+
+    ``rows_queued`` counts rows accepted and not yet written, those waiting in
+    the spool file included (``rows_spooled``). ``rows_dropped`` counts rows
+    that fit neither memory nor spool, exactly. ``internal_errors`` and
+    ``processor_errors`` count faults of reec_otel itself, each logged.
+    """
 
     rows_written: int = 0
     rows_queued: int = 0
+    rows_spooled: int = 0
     rows_dropped: int = 0
     rows_rejected: int = 0
     write_failures: int = 0
+    internal_errors: int = 0
     processor_errors: int = 0
     last_error: str | None = None
 
@@ -150,11 +160,12 @@ class ReecOtel:
             self.state = HandleState.SHUT_DOWN
         deadline = time.monotonic() + timeout / 1000
         _uninstall(self)
+        _signals.uninstall_sigterm_handler(self)
         done = True
         if self.clean_scheduler is not None:
             done = self.clean_scheduler.stop(_millis_until(deadline))
         if self.processor is not None:
-            done = self.processor.shutdown_within(_millis_until(deadline))
+            done = self.processor.shutdown_within(_millis_until(deadline)) and done
         if self.owns_provider:
             done = _shutdown_provider(self.tracer_provider, deadline) and done
         self._shutdown_result = done
@@ -181,6 +192,10 @@ def configure(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
     shutdown_timeout_millis: int = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS,
+    spool_directory: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    sanitizer: Sanitizer | None = None,
+    handle_sigterm: bool = False,
 ) -> ReecOtel:
     """Set reec_otel up for this process and return its handle.
 
@@ -200,13 +215,41 @@ def configure(
         batch_rows: rows per transaction at most.
         flush_interval_seconds: how long a row may wait for its batch.
         shutdown_timeout_millis: the deadline of `shutdown()` and of exit.
+        spool_directory: where rows wait on disk while the database is away;
+            by default a per-user state directory keyed by application, table
+            and database.
+        spool_max_bytes: size cap of this process's spool file; 0 keeps rows
+            in memory only.
+        sanitizer: ``fn(text) -> text`` applied to every text a job produces
+            (message, data, exception) before it reaches the span or a row;
+            ``reec_otel.redact_secrets`` is a ready one.
+        handle_sigterm: on SIGTERM, end the running job as Failed, write its
+            rows and span, and exit with status 143 (see `install_sigterm_handler`).
     """
     env = os.environ
     save_global = resolve_bool(enable_global_db_save, env, ENV_ENABLE_GLOBAL_DB_SAVE, default=True)
     options = log_job if log_job is not None else LogJobOptions.from_environment(env)
     if not isinstance(options, LogJobOptions):
         raise ConfigurationError(f"log_job must be a LogJobOptions; got {options!r}.")
+    if sanitizer is not None and not callable(sanitizer):
+        raise ConfigurationError(f"sanitizer must be a callable (str -> str); got {sanitizer!r}.")
+    if type(spool_max_bytes) is not int or spool_max_bytes < 0:
+        raise ConfigurationError(
+            f"spool_max_bytes must be a whole number of bytes, 0 or more; got {spool_max_bytes!r}."
+        )
     url = resolve_database_url(database_url, env) if save_global and options.is_save_db else None
+
+    # Everything that can fail on bad settings happens before the previous
+    # handle is shut down, so that a mistake leaves the running setup alone.
+    writer = None
+    if url is not None:
+        writer = BatchWriter(
+            create_database_engine(url),
+            log_job_table(options.table_name, options.schema),
+            max_queue_rows=max_queue_rows,
+            batch_rows=batch_rows,
+            flush_interval_seconds=flush_interval_seconds,
+        )
 
     with _lock:
         previous = _current
@@ -215,14 +258,10 @@ def configure(
         provider, owns = _provider(tracer_provider, env, previous)
         name = _application_name(application_name, env, provider)
         processor = None
-        if url is not None:
-            writer = BatchWriter(
-                create_database_engine(url),
-                log_job_table(options.table_name, options.schema),
-                max_queue_rows=max_queue_rows,
-                batch_rows=batch_rows,
-                flush_interval_seconds=flush_interval_seconds,
-            )
+        if writer is not None and url is not None:
+            # The spool's default place is keyed by the application's name,
+            # known only now; no row has reached the writer yet.
+            writer.spool = _spool(url, writer.table, name, spool_directory, spool_max_bytes)
             processor = LogJobSpanProcessor(application_name=name, log_job=options, writer=writer)
             provider.add_span_processor(processor)
         handle = ReecOtel(
@@ -235,9 +274,27 @@ def configure(
             log_job=options,
         )
         _install(handle)
+        _sanitize.install(sanitizer)
+        if handle_sigterm:
+            _signals.install_sigterm_handler(handle)
         handle.clean_scheduler = start_clean_scheduler(handle)
     logger.info("reec_otel configured: %r", handle)
     return handle
+
+
+def _spool(
+    url: URL,
+    table: Table,
+    application_name: str,
+    directory: str | os.PathLike[str] | None,
+    max_bytes: int,
+) -> Spool | None:
+    if max_bytes == 0:
+        return None
+    if directory is None:
+        where = url.render_as_string(hide_password=True)
+        directory = default_spool_directory(where, table.fullname, application_name)
+    return Spool(directory, max_bytes)
 
 
 def current() -> ReecOtel | None:
@@ -260,6 +317,7 @@ def _uninstall(handle: ReecOtel) -> None:
         if _current is handle:
             _current = None
             _tracing.install(None)
+            _sanitize.install(None)
 
 
 def _register_exit(handle: ReecOtel) -> None:

@@ -25,9 +25,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkabl
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from reec_otel import _attributes as attrs
-from reec_otel import _text
+from reec_otel import _sanitize, _text
 from reec_otel._attributes import StateJob
 from reec_otel._tracing import job_tracer
 
@@ -240,9 +241,9 @@ class _Run:
         tracer = job_tracer()
         self.light = worker.is_light_execution
         self.deferred = bool(worker.delay_seconds)
-        start: dict[str, Any] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
+        start: dict[str, AttributeValue] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
         if worker.create_user is not None:
-            start[attrs.CREATE_USER] = _text.safe_str(worker.create_user, _text.MAX_NAME_CHARS)
+            start[attrs.CREATE_USER] = _scrubbed(worker.create_user, _text.MAX_NAME_CHARS)
         if self.deferred:
             start[attrs.DEFERRED] = True
             start[attrs.DELAY_MS] = worker.delay_seconds * 1000.0
@@ -268,11 +269,15 @@ class _Run:
     def start_processing(self) -> None:
         """Mark the end of the delay; a deferred run gets its processing span."""
         if self.deferred:
-            start = {
+            # The processing span repeats the job's identity, so that its
+            # row reads the same as the job span's rows.
+            start: dict[str, AttributeValue] = {
                 attrs.NAME: self.ctx.name_job,
                 attrs.LIGHT: self.light,
                 attrs.PHASE: attrs.PHASE_PROCESSING,
             }
+            if self.ctx.create_user is not None:
+                start[attrs.CREATE_USER] = _scrubbed(self.ctx.create_user, _text.MAX_NAME_CHARS)
             name = f"{self.ctx.name_job} processing"
             self._processing = job_tracer().start_span(name, attributes=start)
             self._processing_token = otel_context.attach(
@@ -282,7 +287,7 @@ class _Run:
 
     def succeed(self, value: Any) -> JobResult:
         duration_ms = self._elapsed_ms()
-        message = None if value is None else _text.safe_str(value, _text.MAX_MESSAGE_CHARS)
+        message = None if value is None else _scrubbed(value, _text.MAX_MESSAGE_CHARS)
         end: dict[str, Any] = {
             attrs.STATE: StateJob.SUCCEEDED.value,
             attrs.DURATION_MS: duration_ms,
@@ -319,12 +324,12 @@ class _Run:
 
     def _set_failed(self, exc: BaseException, duration_ms: float) -> None:
         self._end_attributes({attrs.STATE: StateJob.FAILED.value, attrs.DURATION_MS: duration_ms})
-        description = f"{type(exc).__qualname__}: {_text.safe_str(exc, 1024)}"
+        description = f"{type(exc).__qualname__}: {_scrubbed(exc, 1024)}"
         self.span.set_status(Status(StatusCode.ERROR, description))
 
     def _end_attributes(self, end: dict[str, Any]) -> None:
         if self.ctx.data:
-            end[attrs.DATA] = _text.to_json(self.ctx.data)
+            end[attrs.DATA] = _sanitize.apply_to_json(_text.to_json(self.ctx.data))
         self.span.set_attributes(end)
 
     def _record(self, exc: BaseException, source: str, *, escaped: bool) -> None:
@@ -332,21 +337,36 @@ class _Run:
             return
         event: dict[str, Any] = {
             attrs.EXCEPTION_TYPE: _text.qualified_name(type(exc)),
-            attrs.EXCEPTION_MESSAGE: _text.safe_str(exc, _text.MAX_EXCEPTION_CHARS),
-            attrs.EXCEPTION_STACKTRACE: _text.format_traceback(exc),
+            attrs.EXCEPTION_MESSAGE: _scrubbed(exc, _text.MAX_EXCEPTION_CHARS),
+            attrs.EXCEPTION_STACKTRACE: _scrubbed_traceback(exc),
             attrs.EXCEPTION_ESCAPED: str(escaped),
             attrs.EXCEPTION_SOURCE: source,
         }
         inner = _text.inner_exception(exc)
         if inner is not None:
-            event[attrs.EXCEPTION_INNER] = _text.safe_str(inner, _text.MAX_EXCEPTION_CHARS)
+            event[attrs.EXCEPTION_INNER] = _scrubbed(inner, _text.MAX_EXCEPTION_CHARS)
         notes = getattr(exc, "__notes__", None)
-        if notes and source == attrs.SOURCE_RUN:
+        if isinstance(notes, list) and notes and source == attrs.SOURCE_RUN:
             self.ctx.data.setdefault("exception_notes", [_text.safe_str(n, 4096) for n in notes])
         self.span.add_event(attrs.EXCEPTION_EVENT, event)
 
     def _result(self, state: StateJob, **fields: Any) -> JobResult:
         return JobResult(state, self.ctx.trace_identifier, self.ctx.span_id, **fields)
+
+
+def _scrubbed(value: object, limit: int) -> str:
+    """Storable text of *value* through the installed sanitiser, cut to *limit*."""
+    text = _text.safe_str(value, limit)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), limit)
+
+
+def _scrubbed_traceback(exc: BaseException) -> str:
+    text = _text.format_traceback(exc)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), _text.MAX_STACK_TRACE_CHARS)
 
 
 def parse_trace_identifier(value: str | uuid.UUID) -> int:
@@ -478,25 +498,28 @@ def job(
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         name_job = name or function.__qualname__
-        settings = {"is_light_execution": is_light_execution, "create_user": create_user}
+
+        def worker_for(box: _ValueBox, args: Any, kwargs: Any) -> Worker:
+            return Worker(
+                name_job,
+                is_light_execution=is_light_execution,
+                create_user=create_user,
+                run_function=box.calling(function, args, kwargs),
+            )
 
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 box = _ValueBox()
-                worker = Worker(
-                    name_job, **settings, run_function=box.calling(function, args, kwargs)
-                )
-                return box.outcome(await worker.execute_async())
+                return box.outcome(await worker_for(box, args, kwargs).execute_async())
 
             return run_async
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             box = _ValueBox()
-            worker = Worker(name_job, **settings, run_function=box.calling(function, args, kwargs))
-            return box.outcome(worker.execute())
+            return box.outcome(worker_for(box, args, kwargs).execute())
 
         return run
 

@@ -21,7 +21,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,7 +75,12 @@ class Backend:
         return LogJobOptions(table_name=self.table_name)
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:
-        """Every row of the test's table, oldest first, optionally filtered by column."""
+        """Every row of the test's table, oldest first, optionally filtered by column.
+
+        No table yet (the writer has not connected) reads as no rows.
+        """
+        if not inspect(self.engine).has_table(self.table_name):
+            return []
         table = log_job_table(self.table_name)
         query = select(table).order_by(table.c.id_log_job)
         for column, value in where.items():
@@ -154,8 +159,13 @@ def configured(backend: Backend, tracing: Tracing) -> Iterator[reec_otel.ReecOte
 
 
 @pytest.fixture(autouse=True)
-def _no_reec_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start without REEC_* and OTEL_* variables of the developer's shell."""
+def _no_reec_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests start without REEC_* and OTEL_* variables of the developer's shell.
+
+    Spool files of writers left at their default place go to the test's own
+    directory, not to the user's state directory.
+    """
     for name in list(os.environ):
         if name.startswith(("REEC_", "OTEL_")) and not name.startswith("REEC_TEST_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
