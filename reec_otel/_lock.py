@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Final, Protocol
 
-from sqlalchemy import Column, Float, MetaData, String, Table, delete, text, update
+from sqlalchemy import Column, Float, MetaData, String, Table, delete, inspect, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -160,7 +160,7 @@ class _LeaseRowLock:
         self._held = False
 
     def acquire(self) -> bool:
-        self._table.create(self._engine, checkfirst=True)
+        self._create_table()
         lock = self._table
         now = time.time()
         with self._engine.begin() as connection:
@@ -174,6 +174,14 @@ class _LeaseRowLock:
             )
         self._held = inserted.rowcount == 1
         return self._held
+
+    def _create_table(self) -> None:
+        try:
+            self._table.create(self._engine, checkfirst=True)
+        except SQLAlchemyError:
+            # Another process may have created it between the check and ours.
+            if not inspect(self._engine).has_table(self._table.name, schema=self._table.schema):
+                raise
 
     def renew(self) -> bool:
         if not self._held:
