@@ -91,7 +91,12 @@ def _mysql_statements(key: str) -> tuple[str, str, dict[str, object]]:
 
 
 class _SessionLock:
-    """A lock owned by one connection, kept open for as long as it is held."""
+    """A lock owned by one connection, kept open for as long as it is held.
+
+    TODO: behind a pooler that hands out server sessions per transaction
+    (PgBouncer in transaction mode) a session lock is not held; the lease row
+    used on SQLite would work there, chosen by an option.
+    """
 
     def __init__(self, engine: Engine, statements: tuple[str, str, dict[str, object]]) -> None:
         self._engine = engine

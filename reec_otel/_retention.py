@@ -44,12 +44,12 @@ from sqlalchemy.exc import OperationalError
 
 from reec_otel import _rules
 from reec_otel._attributes import StateJob
-from reec_otel._errors import ConfigurationError, ReecOtelError
+from reec_otel._errors import ConfigurationError
 from reec_otel._lock import clean_lock
 from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
 from reec_otel._settings import ENV_APPLICATION_NAME, LogJobOptions, resolve_database_url
-from reec_otel._worker import JobContext, Worker
+from reec_otel._worker import JobContext, JobResult, Worker
 from reec_otel._writer import BatchWriter, create_database_engine
 
 if TYPE_CHECKING:
@@ -84,10 +84,6 @@ _STATE_ORDER: Final = (
 
 ProgressFunction = Callable[[int, int | None], None]
 T = TypeVar("T")
-
-
-class CleanupLockLost(ReecOtelError):
-    """The cleanup lock expired while the round was running; the round stopped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +276,7 @@ class CleanLogJobWorker(Worker):
         """Ask a running round to stop after its current batch."""
         self._cancelled.set()
 
-    async def execute_async(self) -> Any:
+    async def execute_async(self) -> JobResult:
         """Run one round on a worker thread, so that the event loop is never blocked."""
         try:
             return await asyncio.to_thread(self.execute)
@@ -532,6 +528,9 @@ def _resolve(
         writer = handle.processor.writer if handle.processor is not None else None
         if isinstance(writer, BatchWriter):
             # The writer's engine: an in-memory SQLite database is only there.
+            # TODO: such a database has one connection, which the round then shares
+            # with the writer's thread; a lock around that connection would keep
+            # their transactions apart.
             shared = writer.engine
     else:
         url = resolve_database_url(database_url, env)
