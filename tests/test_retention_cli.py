@@ -76,7 +76,9 @@ def test_older_than_state_and_name_choose_the_rows_that_go(backend, history):
 def test_the_database_url_comes_from_reec_database_url_when_not_given(backend, history):
     environment = _environment(backend) | {"REEC_DATABASE_URL": backend.url}
 
-    result = CliRunner().invoke(clean, [], env=environment)
+    environment.pop("REEC_APPLICATION_NAME")
+
+    result = CliRunner().invoke(clean, ["--app", "billing"], env=environment)
 
     assert result.exit_code == 0, result.output
     assert "Deleted 9 LogJob rows" in result.output

@@ -48,7 +48,9 @@ __all__ = ["clean"]
     help="SQLAlchemy URL of the database (default: REEC_DATABASE_URL).",
 )
 @click.option(
+    "--app",
     "--application-name",
+    "application_name",
     metavar="NAME",
     help="Whose rows to clean (default: REEC_APPLICATION_NAME, else the OTel service name).",
 )
