@@ -117,6 +117,17 @@ def test_a_bad_option_is_a_usage_error(sqlite_backend, arguments, message):
     assert message in result.output
 
 
+def test_an_unreachable_database_is_a_one_line_error_with_exit_code_1():
+    # Nothing listens on port 1 of the loopback address: the connection is refused at once.
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+
+    result = CliRunner().invoke(clean, ["--database-url", url, "--app", "billing"])
+
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: The cleanup failed: Database error: OperationalError")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_the_command_runs_in_a_process_of_its_own(backend, history):
     completed = subprocess.run(
         [sys.executable, "-c", RUN_COMMAND, "--older-than", "10", "--database-url", backend.url],

@@ -16,15 +16,19 @@ from contextlib import contextmanager
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 import reec_otel
 from reec_otel._attributes import StateJob
+from reec_otel._cli._common import DatabaseProblem, describe_database_error
 from reec_otel._errors import ConfigurationError
 from reec_otel._retention import CleanLogJobWorker, ProgressFunction
 from reec_otel._rules import parse_days
 from reec_otel._settings import LogJobOptions, resolve_database_url
 
 __all__ = ["clean"]
+
+_FAILED_SHUTDOWN_MILLIS = 1_000
 
 
 @click.command("clean")
@@ -62,7 +66,19 @@ def clean(
     database_url: str | None,
     application_name: str | None,
 ) -> None:
-    """Delete old LogJob rows of one application now, in batches."""
+    """Delete old LogJob rows of one application now, in batches.
+
+    The rules are the configured ones (REEC_LOG_JOB_DELETE_DAYS and the
+    per-state and per-name rules) unless --older-than replaces them. The round
+    is recorded as a CleanLogJobWorker run; a round already running elsewhere
+    for the application makes this one skip.
+
+    \b
+    Examples:
+      reec-otel clean --dry-run
+      reec-otel clean --older-than 30d --state Failed
+      reec-otel clean --older-than 1d --name noisy-poller --app billing
+    """
     try:
         days = None if older_than is None else parse_days(older_than, "--older-than")
         options = LogJobOptions.from_environment(os.environ)
@@ -74,6 +90,9 @@ def clean(
         )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
+    # A round that failed most likely lost the database: its own rows then wait
+    # in the spool rather than hold the command for the whole deadline.
+    shutdown_millis = _FAILED_SHUTDOWN_MILLIS
     try:
         worker = CleanLogJobWorker(
             database_url=url,
@@ -88,13 +107,21 @@ def clean(
         with _progress_bar(Console(stderr=True), dry_run) as progress:
             worker.progress = progress
             result = worker.execute()
+        if worker.last_report is not None:
+            shutdown_millis = handle.shutdown_timeout_millis
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
-        handle.shutdown()
+        handle.shutdown(shutdown_millis)
     if worker.last_report is None:
-        raise click.ClickException(f"The cleanup failed: {result.exception}")
+        raise DatabaseProblem(f"The cleanup failed: {_describe(result.exception)}")
     click.echo(worker.last_report.message)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, SQLAlchemyError):
+        return describe_database_error(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 @contextmanager
