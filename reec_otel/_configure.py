@@ -203,7 +203,9 @@ def configure(
     defaults: SQLite file ``reec_jobs.db``, application name from the OTel
     service name, global saving on. Never connects to the database: the table
     is created when the background writer first connects. Calling it again
-    shuts the previous handle down first.
+    shuts the previous handle down first. When rows are written and
+    ``log_job.enable_clean`` is on, it starts the cleanup scheduler
+    (`CleanLogJobWorker` on ``log_job.clean_cron``); `shutdown()` stops it.
 
     Args:
         database_url: SQLAlchemy URL of the database for LogJob rows.

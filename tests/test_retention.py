@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -156,7 +157,7 @@ def test_rows_go_in_batches_of_at_most_delete_batch_rows(backend):
     assert _rows_left(backend) == []
 
 
-def test_a_second_cleaner_skips_the_round_while_the_first_holds_the_lock(backend):
+def test_a_second_cleaner_skips_the_round_while_the_first_holds_the_lock(backend, caplog):
     runs = [make_run("billing", "sync", S, 20) for _ in range(4)]
     _history(backend, *runs)
     holding, release = threading.Event(), threading.Event()
@@ -171,12 +172,14 @@ def test_a_second_cleaner_skips_the_round_while_the_first_holds_the_lock(backend
     try:
         assert holding.wait(30)
         second = _cleaner(backend)
-        result = second.execute()
+        with caplog.at_level(logging.INFO, logger="reec_otel._retention"):
+            result = second.execute()
     finally:
         release.set()
         thread.join(30)
 
     assert result.state is S
+    assert [r.getMessage() for r in caplog.records] == [result.message]
     assert second.last_report.skipped
     assert second.last_report.rows == 0
     assert "another cleaner holds the cleanup lock" in result.message
