@@ -31,7 +31,9 @@ from sqlalchemy.engine import URL
 from reec_otel import _sanitize, _signals, _tracing
 from reec_otel._errors import ConfigurationError, LifecycleError
 from reec_otel._processor import LogJobSpanProcessor
+from reec_otel._retention import start_clean_scheduler
 from reec_otel._sanitize import Sanitizer
+from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
 from reec_otel._settings import (
     ENV_APPLICATION_NAME,
@@ -104,6 +106,7 @@ class ReecOtel:
         processor: LogJobSpanProcessor | None,
         database_url: URL | None,
         shutdown_timeout_millis: int,
+        log_job: LogJobOptions | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.owns_provider = owns_provider
@@ -111,6 +114,8 @@ class ReecOtel:
         self.processor = processor
         self.database_url = database_url
         self.shutdown_timeout_millis = shutdown_timeout_millis
+        self.log_job = log_job
+        self.clean_scheduler: CleanScheduler | None = None
         self.state = HandleState.RUNNING
         self._shutdown_result = True
         self._lock = threading.Lock()
@@ -160,8 +165,10 @@ class ReecOtel:
         _uninstall(self)
         _signals.uninstall_sigterm_handler(self)
         done = True
+        if self.clean_scheduler is not None:
+            done = self.clean_scheduler.stop(_millis_until(deadline))
         if self.processor is not None:
-            done = self.processor.shutdown_within(_millis_until(deadline))
+            done = self.processor.shutdown_within(_millis_until(deadline)) and done
         if self.owns_provider:
             done = _shutdown_provider(self.tracer_provider, deadline) and done
         self._shutdown_result = done
@@ -199,7 +206,9 @@ def configure(
     defaults: SQLite file ``reec_jobs.db``, application name from the OTel
     service name, global saving on. Never connects to the database: the table
     is created when the background writer first connects. Calling it again
-    shuts the previous handle down first.
+    shuts the previous handle down first. When rows are written and
+    ``log_job.enable_clean`` is on, it starts the cleanup scheduler
+    (`CleanLogJobWorker` on ``log_job.clean_cron``); `shutdown()` stops it.
 
     Args:
         database_url: SQLAlchemy URL of the database for LogJob rows.
@@ -276,11 +285,13 @@ def configure(
             processor=processor,
             database_url=url,
             shutdown_timeout_millis=shutdown_timeout_millis,
+            log_job=options,
         )
         _install(handle)
         _sanitize.install(sanitizer)
         if handle_sigterm:
             _signals.install_sigterm_handler(handle)
+        handle.clean_scheduler = start_clean_scheduler(handle)
     logger.info("reec_otel configured: %r", handle)
     return handle
 
