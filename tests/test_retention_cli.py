@@ -13,10 +13,11 @@ from retention_data import load, make_run
 
 import reec_otel._configure
 from reec_otel import StateJob, log_job_table
-from reec_otel._cli.clean import clean
+from reec_otel._cli._clean import clean
 
 S, F = StateJob.SUCCEEDED, StateJob.FAILED
-RUN_COMMAND = "from reec_otel._cli.clean import clean; clean(prog_name='reec-otel clean')"
+# The command as installed: the reec-otel group dispatching to "clean".
+CLEAN = [sys.executable, "-m", "reec_otel", "clean"]
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_an_unreachable_database_is_a_one_line_error_with_exit_code_1():
 
 def test_the_command_runs_in_a_process_of_its_own(backend, history):
     completed = subprocess.run(
-        [sys.executable, "-c", RUN_COMMAND, "--older-than", "10", "--database-url", backend.url],
+        [*CLEAN, "--older-than", "10", "--database-url", backend.url],
         env=os.environ | _environment(backend),
         capture_output=True,
         text=True,
@@ -149,7 +150,7 @@ def test_a_terminal_shows_a_progress_bar_and_the_count_at_the_end(backend, histo
     leader, follower = pty.openpty()
     environment = os.environ | _environment(backend) | {"TERM": "xterm-256color", "COLUMNS": "100"}
     with subprocess.Popen(
-        [sys.executable, "-c", RUN_COMMAND, "--database-url", backend.url],
+        [*CLEAN, "--database-url", backend.url],
         stdin=subprocess.DEVNULL,
         stdout=follower,
         stderr=follower,

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "reec_otel._cli._jobs:jobs",
     "db": "reec_otel._cli._db:db",
     "doctor": "reec_otel._cli._doctor:doctor",
+    "clean": "reec_otel._cli._clean:clean",
 }
 
 
