@@ -17,8 +17,6 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from importlib.metadata import entry_points
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -30,6 +28,7 @@ from sqlalchemy.engine import URL
 
 from reec_otel import _sanitize, _signals, _tracing
 from reec_otel._errors import ConfigurationError, LifecycleError
+from reec_otel._exporters import create_exporters
 from reec_otel._processor import LogJobSpanProcessor
 from reec_otel._retention import start_clean_scheduler
 from reec_otel._sanitize import Sanitizer
@@ -60,9 +59,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 10_000
 
-_EXPORTER_GROUP = "opentelemetry_traces_exporter"
-_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
-_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 _lock = threading.RLock()
 _current: ReecOtel | None = None
@@ -377,40 +373,13 @@ def _provider(
 
 
 def _exporters_from_environment(env: Mapping[str, str]) -> list[SpanExporter]:
-    raw = env.get("OTEL_TRACES_EXPORTER")
-    if raw is None or not raw.strip():
-        if not any(env.get(name) for name in _ENDPOINT_VARIABLES):
-            logger.info(
-                "No OTEL_TRACES_EXPORTER or OTLP endpoint is set: job spans are not exported; "
-                "LogJob rows are still written."
-            )
-            return []
-        raw = "otlp"
-    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
-    return [_exporter(name, env) for name in names if name != "none"]
-
-
-def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
-    if name == "otlp":
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "grpc"
-        ).strip()
-        if protocol not in _OTLP_BY_PROTOCOL:
-            raise ConfigurationError(
-                f"OTEL_EXPORTER_OTLP_PROTOCOL must be 'grpc' or 'http/protobuf'; got {protocol!r}."
-            )
-        name = _OTLP_BY_PROTOCOL[protocol]
-    found = entry_points(group=_EXPORTER_GROUP, name=name)
-    if not found:
-        raise ConfigurationError(
-            f"OTEL_TRACES_EXPORTER names {name!r}, but no installed package provides a "
-            "span exporter by that name."
+    exporters = create_exporters(env)
+    if not exporters:
+        logger.info(
+            "No OTEL_TRACES_EXPORTER or OTLP endpoint is set: job spans are not exported; "
+            "LogJob rows are still written."
         )
-    exporter_class: Any = next(iter(found)).load()
-    exporter: SpanExporter = exporter_class()
-    return exporter
+    return exporters
 
 
 def _application_name(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime as dt
 import gc
 import json
 import math
@@ -36,33 +35,11 @@ import reec_otel
 from reec_otel import ConfigurationError, LogJobSpanProcessor, StateJob, Worker, log_job_table
 from reec_otel._text import MAX_DATA_CHARS
 from reec_otel._writer import BatchWriter, create_database_engine
+from tests.row_factory import make_row
 
 
 def states(rows):
     return [r["state_job"] for r in rows]
-
-
-def make_row(**overrides):
-    now = dt.datetime.now(dt.UTC)
-    row = {
-        "application_name": "tests",
-        "name_job": "direct",
-        "state_job": "Succeeded",
-        "trace_identifier": uuid.uuid4().hex,
-        "span_id": uuid.uuid4().hex[:16],
-        "duration_ms": 1.5,
-        "exception_type": None,
-        "exception": None,
-        "inner_exception": None,
-        "stack_trace": None,
-        "data": None,
-        "message": "m",
-        "create_user": None,
-        "create_date": now,
-        "create_date_only": now.date(),
-    }
-    row.update(overrides)
-    return row
 
 
 # -- the writer ---------------------------------------------------------------

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +17,7 @@ import reec_otel
 from reec_otel import LogJobSpanProcessor, StateJob, Worker, log_job_table
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend, Tracing
+from tests.row_factory import make_row
 from tests.tcp_proxy import unused_loopback_port
 
 
@@ -99,24 +98,7 @@ def test_an_unreachable_database_changes_no_outcome_and_never_runs_a_job_twice(
 
 
 def _row(name: str | None, state: str = "Succeeded") -> dict[str, Any]:
-    now = dt.datetime.now(dt.UTC)
-    return {
-        "application_name": "rejects",
-        "name_job": name,
-        "state_job": state,
-        "trace_identifier": uuid.uuid4().hex,
-        "span_id": uuid.uuid4().hex[:16],
-        "duration_ms": 1.0,
-        "exception_type": None,
-        "exception": None,
-        "inner_exception": None,
-        "stack_trace": None,
-        "data": None,
-        "message": None,
-        "create_user": None,
-        "create_date": now,
-        "create_date_only": now.date(),
-    }
+    return make_row(application_name="rejects", name_job=name, state_job=state, message=None)
 
 
 def test_a_row_the_database_refuses_is_set_aside_and_every_other_row_is_written(

@@ -27,6 +27,7 @@ from reec_otel._cli._common import (
     write_json,
 )
 from reec_otel._errors import ConfigurationError
+from reec_otel._exporters import EXPORTER_GROUP, exporter_names, otlp_protocol
 from reec_otel._migrations import Target, schema_status
 from reec_otel._settings import ENV_ENABLE_GLOBAL_DB_SAVE, ENV_IS_SAVE_DB, env_bool
 
@@ -132,16 +133,12 @@ def _database(report: Report, settings: Settings) -> None:
 
 
 def _exporters(report: Report, env: Mapping[str, str]) -> None:
-    endpoint_set = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    raw = (env.get("OTEL_TRACES_EXPORTER") or "").strip() or ("otlp" if endpoint_set else "")
-    names = [n.strip().lower() for n in raw.split(",") if n.strip() and n.strip() != "none"]
+    names = exporter_names(env)
     report.settings["traces_exporter"] = ",".join(names) or "none"
     if not names:
         report.add("otlp", SKIPPED, "spans are not exported (no OTEL_TRACES_EXPORTER or endpoint)")
         return
-    known = {e.name for e in entry_points(group="opentelemetry_traces_exporter")}
+    known = {e.name for e in entry_points(group=EXPORTER_GROUP)}
     for name in names:
         if name != "otlp" and name not in known:
             report.add("exporter", FAILED, f"no installed package provides exporter {name!r}")
@@ -150,11 +147,7 @@ def _exporters(report: Report, env: Mapping[str, str]) -> None:
 
 
 def _otlp_endpoint(report: Report, env: Mapping[str, str]) -> None:
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    ).strip()
+    protocol = otlp_protocol(env)
     if protocol not in _DEFAULT_ENDPOINTS:
         report.add(
             "otlp",
