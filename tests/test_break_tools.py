@@ -12,13 +12,16 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_support import Cli
 from conftest import SERVER_URLS, Backend, require_server
+from sqlalchemy import inspect, text
 
 import reec_otel
+from reec_otel._migrations import version_table_name
 
 # -- the sanitiser ------------------------------------------------------------------
 
@@ -48,9 +51,9 @@ def test_redact_secrets_masks_the_credential_of_an_authorization_header_with_any
 @pytest.mark.xfail(strict=True, reason="a quoted value holding the other quote or an escape leaks")
 def test_redact_secrets_masks_a_quoted_password_whatever_characters_it_holds() -> None:
     leaked = []
-    for text in ('password="it\'s-hunter2"', 'token="ab\\"hunter2"', "secret='say \"hunter2\"'"):
-        if "hunter2" in reec_otel.redact_secrets(text):
-            leaked.append(text)
+    for sample in ('password="it\'s-hunter2"', 'token="ab\\"hunter2"', "secret='say \"hunter2\"'"):
+        if "hunter2" in reec_otel.redact_secrets(sample):
+            leaked.append(sample)
 
     assert leaked == []
 
@@ -161,4 +164,28 @@ def test_doctor_never_prints_a_password_given_as_a_url_query_parameter(
     assert "hunter2-in-query" not in output
 
 
-_ = Backend
+# -- reec-otel db ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_cli(backend: Backend) -> Iterator[Cli]:
+    yield Cli(backend.url, backend.table_name)
+    with backend.engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE IF EXISTS {version_table_name(backend.table_name)}"))
+
+
+@pytest.mark.xfail(strict=True, reason="upgrade trusts the version table, not the table")
+def test_db_upgrade_recreates_a_logjob_table_that_was_dropped_after_an_earlier_upgrade(
+    db_cli: Cli, backend: Backend
+) -> None:
+    first = db_cli.run(["db", "upgrade"])
+    assert first.returncode == 0, first.stderr
+    backend.drop()
+    # `db current` now says: no table yet; 'reec-otel db upgrade' creates it.
+    current = db_cli.run(["db", "current"])
+    assert "upgrade' creates it" in current.stdout + current.stderr
+
+    again = db_cli.run(["db", "upgrade"])
+
+    assert again.returncode == 0, again.stderr
+    assert inspect(backend.engine).has_table(backend.table_name)
