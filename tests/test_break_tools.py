@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -189,3 +190,52 @@ def test_db_upgrade_recreates_a_logjob_table_that_was_dropped_after_an_earlier_u
 
     assert again.returncode == 0, again.stderr
     assert inspect(backend.engine).has_table(backend.table_name)
+
+
+# -- SIGTERM --------------------------------------------------------------------------
+
+_ASYNC_JOB = """
+import asyncio, sys
+import reec_otel
+
+reec_otel.configure(database_url=sys.argv[1], application_name="brk", handle_sigterm=True)
+
+
+async def long_job(ctx):
+    print("started", flush=True)
+    await asyncio.sleep(60)
+
+
+asyncio.run(reec_otel.Worker("async-long", run_function=long_job).execute_async())
+"""
+
+
+@pytest.mark.xfail(
+    strict=True, reason="JobTerminated is raised in the event loop; the task sees a cancel"
+)
+def test_sigterm_during_an_async_job_records_it_as_terminated_not_as_a_bare_cancellation(
+    sqlite_backend: Backend, tmp_path: Path
+) -> None:
+    script = tmp_path / "async_job.py"
+    script.write_text(_ASYNC_JOB)
+    process = subprocess.Popen(
+        [sys.executable, str(script), sqlite_backend.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "started\n"
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 128 + signal.SIGTERM
+    final = sqlite_backend.rows(name_job="async-long")[-1]
+    assert final["state_job"] == "Failed"
+    assert final["exception_type"] == "reec_otel.JobTerminated"
+    assert "SIGTERM" in final["exception"]
