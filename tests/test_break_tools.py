@@ -7,6 +7,7 @@ the behaviour is fixed and the mark is forgotten.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import Cli
-from conftest import SERVER_URLS, Backend, require_server
+from conftest import SERVER_URLS, Backend, Tracing, require_server
 from sqlalchemy import inspect, text
 
 import reec_otel
@@ -239,3 +240,45 @@ def test_sigterm_during_an_async_job_records_it_as_terminated_not_as_a_bare_canc
     assert final["state_job"] == "Failed"
     assert final["exception_type"] == "reec_otel.JobTerminated"
     assert "SIGTERM" in final["exception"]
+
+
+# -- the writer's spool -------------------------------------------------------------
+
+
+def _spooled_rows(directory: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("*.spool"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+@pytest.mark.xfail(strict=True, reason="shutdown appends leftovers in order until the cap")
+def test_a_nearly_full_spool_keeps_the_failed_row_rather_than_rows_of_other_states(
+    tracing: Tracing, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    handle = reec_otel.configure(
+        # A file in a directory that does not exist: the database never answers.
+        database_url=f"sqlite:///{tmp_path / 'missing' / 'jobs.db'}",
+        application_name="brk-spool",
+        tracer_provider=tracing.provider,
+        spool_directory=str(spool),
+        # Room for the five rows of other states (about 440 bytes each), not for
+        # the Failed row with its stack trace as well.
+        spool_max_bytes=2_700,
+        flush_interval_seconds=0.05,
+    )
+    try:
+        reec_otel.Worker("ok-job", run_function=lambda ctx: "fine").execute()
+
+        def fails(ctx: reec_otel.JobContext) -> None:
+            raise RuntimeError("the run that matters")
+
+        reec_otel.Worker("failing-job", run_function=fails).execute()
+    finally:
+        handle.shutdown(2_000)
+
+    kept = [(row["name_job"], row["state_job"]) for row in _spooled_rows(spool)]
+    assert len(kept) >= 3, kept  # the cap held several rows: the set-up is as intended
+    assert ("failing-job", "Failed") in kept
