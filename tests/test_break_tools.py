@@ -282,3 +282,49 @@ def test_a_nearly_full_spool_keeps_the_failed_row_rather_than_rows_of_other_stat
     kept = [(row["name_job"], row["state_job"]) for row in _spooled_rows(spool)]
     assert len(kept) >= 3, kept  # the cap held several rows: the set-up is as intended
     assert ("failing-job", "Failed") in kept
+
+
+# -- the cleanup scheduler and the command line ---------------------------------------
+
+_PROBE = """
+import threading
+
+
+def scheduler_threads():
+    return ",".join(t.name for t in threading.enumerate() if "clean" in t.name) or "none"
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="exec and run call configure() with enable_clean on")
+def test_the_command_line_never_starts_the_cleanup_scheduler(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    (tmp_path / "probe.py").write_text(_PROBE)
+
+    ran = sqlite_cli.run(["run"], "probe:scheduler_threads", "--name", "probe", cwd=str(tmp_path))
+    executed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reec_otel",
+            "-v",
+            "exec",
+            "--database-url",
+            sqlite_cli.url,
+            "--name",
+            "probe",
+            "--",
+            sys.executable,
+            "-c",
+            "pass",
+        ],
+        capture_output=True,
+        text=True,
+        env=sqlite_cli.env(),
+        timeout=120,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    assert executed.returncode == 0, executed.stderr
+    assert ran.stdout.strip() == "none"
+    assert "cleanup scheduled" not in executed.stderr
