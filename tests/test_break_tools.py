@@ -14,15 +14,18 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_support import Cli
 from conftest import SERVER_URLS, Backend, Tracing, require_server
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
 import reec_otel
+from reec_otel import CleanLogJobWorker, LogJobOptions
+from reec_otel._lock import clean_lock
 from reec_otel._migrations import version_table_name
 
 # -- the sanitiser ------------------------------------------------------------------
@@ -328,3 +331,52 @@ def test_the_command_line_never_starts_the_cleanup_scheduler(
     assert executed.returncode == 0, executed.stderr
     assert ran.stdout.strip() == "none"
     assert "cleanup scheduled" not in executed.stderr
+
+
+# -- the cleanup lock -----------------------------------------------------------------
+
+
+@pytest.fixture
+def second_mariadb_database() -> Iterator[str]:
+    """The URL of a MariaDB database of the test's own, beside the shared one."""
+    require_server("mariadb")
+    url = make_url(SERVER_URLS["mariadb"])
+    name = f"reec_break_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.mark.xfail(strict=True, reason="GET_LOCK names are server-wide; the key omits the database")
+def test_a_cleaner_on_one_mariadb_database_never_makes_a_cleaner_of_another_database_skip(
+    second_mariadb_database: str,
+) -> None:
+    table_name = f"log_job_{uuid.uuid4().hex[:12]}"
+    table = reec_otel.log_job_table(table_name)
+    first = create_engine(SERVER_URLS["mariadb"])
+    second = create_engine(second_mariadb_database)
+    table.create(second)
+    # A round running on the shared database holds its lock meanwhile.
+    held = clean_lock(first, table, "brk-lock")
+    assert held.acquire()
+    try:
+        worker = CleanLogJobWorker(
+            database_url=second_mariadb_database,
+            application_name="brk-lock",
+            log_job=LogJobOptions(table_name=table_name, enable_clean=False),
+        )
+        result = worker.execute()
+    finally:
+        held.release()
+        first.dispose()
+        second.dispose()
+
+    assert result.exception is None, result.exception
+    assert worker.last_report is not None
+    assert not worker.last_report.skipped, worker.last_report.message
