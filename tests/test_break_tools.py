@@ -380,3 +380,34 @@ def test_a_cleaner_on_one_mariadb_database_never_makes_a_cleaner_of_another_data
     assert result.exception is None, result.exception
     assert worker.last_report is not None
     assert not worker.last_report.skipped, worker.last_report.message
+
+
+@pytest.mark.xfail(strict=True, reason="the JSON rule masks string values only")
+def test_redact_secrets_masks_a_number_stored_under_a_secret_key_in_job_data(
+    backend: Backend, tracing: Tracing
+) -> None:
+    handle = reec_otel.configure(
+        database_url=backend.url,
+        application_name="brk-sanitize",
+        log_job=backend.log_job,
+        tracer_provider=tracing.provider,
+        sanitizer=reec_otel.redact_secrets,
+        flush_interval_seconds=0.05,
+    )
+    try:
+
+        def run(ctx: reec_otel.JobContext) -> str:
+            ctx.data["user"] = "bob"
+            ctx.data["password"] = 918273645
+            return "done"
+
+        reec_otel.Worker("numeric-secret", run_function=run).execute()
+        assert handle.force_flush(10_000)
+    finally:
+        handle.shutdown(10_000)
+
+    final = backend.rows(name_job="numeric-secret")[-1]
+    assert final["data"]["user"] == "bob"
+    assert "918273645" not in str(final["data"])
+    exported = tracing.spans()[-1].attributes["reec.job.data"]
+    assert "918273645" not in exported
