@@ -411,3 +411,37 @@ def test_redact_secrets_masks_a_number_stored_under_a_secret_key_in_job_data(
     assert "918273645" not in str(final["data"])
     exported = tracing.spans()[-1].attributes["reec.job.data"]
     assert "918273645" not in exported
+
+
+@pytest.mark.xfail(
+    strict=True, reason="sys.stderr is None; the relay thread dies and the pipe fills"
+)
+def test_exec_with_its_own_standard_error_closed_still_runs_a_chatty_program_to_the_end(
+    sqlite_cli: Cli,
+) -> None:
+    program = "import sys; sys.stderr.write('x' * 300_000); print('child done')"
+    argv = sqlite_cli.argv(
+        ["exec"], ["--name", "chatty", "--", sys.executable, "-c", program], None
+    )
+    # As a daemon started with file descriptor 2 closed runs it.
+    process = subprocess.Popen(
+        ["sh", "-c", 'exec "$@" 2>&-', "sh", *argv],
+        stdout=subprocess.PIPE,
+        env=sqlite_cli.env(),
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # The program needs a fraction of a second; this is slack, not a measure.
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    assert out == "child done\n"
+    assert process.returncode == 0
