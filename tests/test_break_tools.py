@@ -206,7 +206,8 @@ reec_otel.configure(database_url=sys.argv[1], application_name="brk", handle_sig
 
 
 async def long_job(ctx):
-    print("started", flush=True)
+    # Said once the job is suspended in its await, where a long job spends its time.
+    asyncio.get_running_loop().call_soon(print, "started", flush=True)
     await asyncio.sleep(60)
 
 
