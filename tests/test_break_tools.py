@@ -207,7 +207,7 @@ reec_otel.configure(database_url=sys.argv[1], application_name="brk", handle_sig
 
 async def long_job(ctx):
     # Said once the job is suspended in its await, where a long job spends its time.
-    asyncio.get_running_loop().call_soon(print, "started", flush=True)
+    asyncio.get_running_loop().call_soon(lambda: print("started", flush=True))
     await asyncio.sleep(60)
 
 
@@ -237,7 +237,7 @@ def test_sigterm_during_an_async_job_records_it_as_terminated_not_as_a_bare_canc
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+        process.communicate()
 
     assert process.returncode == 128 + signal.SIGTERM
     final = sqlite_backend.rows(name_job="async-long")[-1]
