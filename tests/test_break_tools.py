@@ -299,7 +299,6 @@ def scheduler_threads():
 """
 
 
-@pytest.mark.xfail(strict=True, reason="exec and run call configure() with enable_clean on")
 def test_the_command_line_never_starts_the_cleanup_scheduler(
     sqlite_cli: Cli, tmp_path: Path
 ) -> None:

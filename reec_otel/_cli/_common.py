@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from sqlalchemy import Table, create_engine, inspect
@@ -26,6 +26,9 @@ from reec_otel._settings import (
     default_application_name,
     resolve_database_url,
 )
+
+if TYPE_CHECKING:
+    from reec_otel._configure import ReecOtel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,6 +101,21 @@ class Settings:
     @property
     def table(self) -> Table:
         return log_job_table(self.table_name, self.schema)
+
+    def configure(self) -> ReecOtel:
+        """configure() for a command that runs a job: its rows, never a cleanup.
+
+        The cleanup scheduler belongs to applications; a command that happens
+        to run at the scheduled hour must not delete rows.
+        """
+        import reec_otel
+
+        options = LogJobOptions.from_environment(os.environ)
+        return reec_otel.configure(
+            database_url=self.url,
+            application_name=self.application_name,
+            log_job=dataclasses.replace(options, enable_clean=False),
+        )
 
     @property
     def qualified_table(self) -> str:

@@ -244,9 +244,7 @@ def exec_command(
     # one that arrives after it ended does not cut the writing short (the
     # shutdown has its own deadline).
     with _signals_forwarded_to(program):
-        handle = reec_otel.configure(
-            database_url=settings.url, application_name=settings.application_name
-        )
+        handle = settings.configure()
         worker = reec_otel.Worker(
             name_job, is_light_execution=light, create_user=create_user, run_function=program.run
         )

@@ -85,9 +85,7 @@ def run_command(
     """
     settings = Settings.resolve(database_url, application_name)
     function = load_callable(target)
-    handle = reec_otel.configure(
-        database_url=settings.url, application_name=settings.application_name
-    )
+    handle = settings.configure()
     worker = reec_otel.Worker(
         name_job or str(getattr(function, "__qualname__", target)),
         is_light_execution=light,
