@@ -62,7 +62,10 @@ def clean_lock(
     if backend == "postgresql":
         return _SessionLock(engine, _pg_statements(key))
     if backend in ("mysql", "mariadb"):
-        return _SessionLock(engine, _mysql_statements(key))
+        # Named locks are server-wide: the database of an unqualified table
+        # belongs in the name, or cleaners of two databases would exclude each other.
+        database = "" if table.schema else (engine.url.database or "")
+        return _SessionLock(engine, _mysql_statements(f"{database}/{key}"))
     if backend == "sqlite":
         return _LeaseRowLock(engine, table.schema, key, lease_seconds)
     raise ConfigurationError(

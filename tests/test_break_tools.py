@@ -353,7 +353,6 @@ def second_mariadb_database() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="GET_LOCK names are server-wide; the key omits the database")
 def test_a_cleaner_on_one_mariadb_database_never_makes_a_cleaner_of_another_database_skip(
     second_mariadb_database: str,
 ) -> None:
