@@ -40,6 +40,7 @@ from reec_otel._settings import (
     UNNAMED_APPLICATION,
     LogJobOptions,
     application_name_of_service,
+    masked_url,
     resolve_bool,
     resolve_database_url,
     validate_application_name,
@@ -119,7 +120,7 @@ class ReecOtel:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        url = None if self.database_url is None else self.database_url.render_as_string()
+        url = None if self.database_url is None else masked_url(self.database_url)
         return (
             f"ReecOtel(application_name={self.application_name!r}, database_url={url!r}, "
             f"state={self.state.value!r})"
@@ -301,7 +302,7 @@ def _spool(
     if max_bytes == 0:
         return None
     if directory is None:
-        where = url.render_as_string(hide_password=True)
+        where = masked_url(url)
         directory = default_spool_directory(where, table.fullname, application_name)
     return Spool(directory, max_bytes)
 

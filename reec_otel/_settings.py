@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -232,6 +233,18 @@ def validate_application_name(name: object, source: str) -> str:
             f"{source} must be a non-empty string of at most 255 characters; got {name!r}."
         )
     return name
+
+
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+
+
+def masked_url(url: URL) -> str:
+    """*url* as text with its password hidden, in the user part and in the query."""
+    query = {
+        name: ("***" if _SECRET_QUERY_KEY.search(name) else value)
+        for name, value in url.query.items()
+    }
+    return url.set(query=query).render_as_string(hide_password=True)
 
 
 def resolve_bool(argument: bool | None, env: Mapping[str, str], name: str, default: bool) -> bool:

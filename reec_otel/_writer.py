@@ -44,6 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._errors import ConfigurationError
 from reec_otel._sanitize import redact_url_passwords
+from reec_otel._settings import masked_url
 from reec_otel._spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def create_database_engine(url: str | URL) -> Engine:
         engine = create_engine(url, **options)
     except (ImportError, SQLAlchemyError) as exc:
         raise ConfigurationError(
-            f"Cannot create a database engine for {url.render_as_string(hide_password=True)}: "
+            f"Cannot create a database engine for {masked_url(url)}: "
             f"{exc}. Is the driver installed (pip install 'reec-otel[postgres]' or "
             "'reec-otel[mysql]')?"
         ) from None

@@ -152,7 +152,6 @@ def test_exec_timeout_also_stops_the_processes_the_program_started(
 # -- reec-otel doctor -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="URL.render_as_string hides the user:password part only")
 @pytest.mark.parametrize("server", ["postgresql", "mariadb"])
 def test_doctor_never_prints_a_password_given_as_a_url_query_parameter(
     server: str, tmp_path: Path

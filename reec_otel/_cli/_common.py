@@ -24,6 +24,7 @@ from reec_otel._schema import log_job_table
 from reec_otel._settings import (
     LogJobOptions,
     default_application_name,
+    masked_url,
     resolve_database_url,
 )
 
@@ -72,7 +73,7 @@ def describe_database_error(exc: SQLAlchemyError) -> str:
 
 
 def masked(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return masked_url(url)
 
 
 # -- settings -----------------------------------------------------------------
