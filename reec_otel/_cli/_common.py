@@ -177,6 +177,8 @@ def reading(settings: Settings) -> Iterator[tuple[Connection, Table]]:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# Far enough back for any table, near enough that "now minus it" is a date.
+_MAX_DURATION_SECONDS = 100 * 366 * 86_400
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in click 8.2+
@@ -191,7 +193,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in cl
         if match is None:
             self.fail(f"{value!r} is not a duration such as 90s, 30m, 2h, 7d or 1w.", param, ctx)
         number, unit = match.groups()
-        return dt.timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+        seconds = float(number) * _UNIT_SECONDS[unit]
+        if seconds > _MAX_DURATION_SECONDS:
+            self.fail(f"{value!r} is longer than the 100 years a duration may span.", param, ctx)
+        return dt.timedelta(seconds=seconds)
 
 
 class TraceId(click.ParamType):  # type: ignore[type-arg]  # generic only in click 8.2+
