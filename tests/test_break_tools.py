@@ -177,7 +177,6 @@ def db_cli(backend: Backend) -> Iterator[Cli]:
         connection.execute(text(f"DROP TABLE IF EXISTS {version_table_name(backend.table_name)}"))
 
 
-@pytest.mark.xfail(strict=True, reason="upgrade trusts the version table, not the table")
 def test_db_upgrade_recreates_a_logjob_table_that_was_dropped_after_an_earlier_upgrade(
     db_cli: Cli, backend: Backend
 ) -> None:

@@ -135,6 +135,10 @@ def upgrade(connection: Connection, target: Target) -> tuple[SchemaStatus, Schem
     if before.is_unversioned:
         _require_baseline_columns(connection, target)
         command.stamp(config, BASELINE_REVISION)
+    elif before.revision is not None and not before.table_present:
+        # The table was dropped after an upgrade: its recorded revision no
+        # longer describes anything, so start again from an empty database.
+        command.stamp(config, "base", purge=True)
     command.upgrade(config, "head")
     return before, schema_status(connection, target)
 
