@@ -435,7 +435,13 @@ class BatchWriter:
                 self._wake.wait(remaining)
 
     def _spill(self) -> None:
-        """Move the rows in memory to the spool file, keeping their order."""
+        """Move the rows in memory to the spool file, keeping their order.
+
+        TODO: rows of other states spilled first can fill the spool so that a
+        later Failed row finds no room at shutdown and is dropped; keeping a
+        share of the cap for Failed rows, or evicting other rows from the file
+        for them, would keep Failed rows in preference on disk as in memory.
+        """
         if self.spool is None:
             return
         with self._lock:
