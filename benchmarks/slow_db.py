@@ -57,7 +57,9 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     slow: list[float] = []
     queued_at_end = 0
     for repetition in range(REPETITIONS):
-        fast += latencies_ms(f"sqlite:///{workdir / f'fast{repetition}.db'}", sizes.slow_db_jobs, False)[0]
+        fast += latencies_ms(
+            f"sqlite:///{workdir / f'fast{repetition}.db'}", sizes.slow_db_jobs, False
+        )[0]
         samples, queued = latencies_ms(
             f"sqlite:///{workdir / f'slow{repetition}.db'}", sizes.slow_db_jobs, True
         )

@@ -19,7 +19,7 @@ import dataclasses
 import enum
 import logging
 import os
-import sqlite3
+import re
 import threading
 import time
 import weakref
@@ -32,9 +32,15 @@ from opentelemetry import context as otel_context
 # The API's own key for "instrumentation off in this context"; the SDK's
 # exporters set it the same way.
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
-from sqlalchemy import Table, event, inspect
+from sqlalchemy import Dialect, Table, event, inspect
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
@@ -138,7 +144,7 @@ class BatchWriter:
         self.batch_rows = batch_rows
         self.flush_interval_seconds = flush_interval_seconds
         self._insert = _idempotent_insert(table, engine.dialect.name)
-        self._rows_per_statement = _rows_per_statement(engine.dialect.name, len(table.columns))
+        self._prepared = _PreparedInserts(self._insert, table, engine.dialect)
         self._warnings = RateLimitedLog(logger)
         self._reset_runtime_state()
         self.state = WriterState.CREATED
@@ -327,9 +333,11 @@ class BatchWriter:
         return True
 
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
-        step = self._rows_per_statement
-        for start in range(0, len(rows), step):
-            connection.execute(self._insert.values(list(rows[start : start + step])))
+        prepared = self._prepared.get(rows)
+        if prepared is None:
+            connection.execute(self._insert, list(rows))
+        else:
+            prepared.execute(connection, rows)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -419,13 +427,91 @@ def _idempotent_insert(table: Table, dialect: str) -> Insert:
     )
 
 
-def _rows_per_statement(dialect: str, columns: int) -> int:
-    """Rows per INSERT so that its bound parameters stay under the backend's limit."""
-    if dialect == "sqlite":
-        limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-    else:
-        limit = 65_535
-    return max(1, min(limit // columns, 1_000))
+# Drivers of the "pyformat" style that take "format" (%s) parameters as well.
+_FORMAT_TOO: Final = frozenset({"psycopg", "psycopg2", "pymysql", "mysqldb"})
+_NAMED_PARAMETER: Final = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
+
+
+class _PreparedInsert:
+    """The idempotent INSERT for one set of columns, compiled once, run as executemany.
+
+    Rows go to the driver as plain parameter lists converted by the columns'
+    own bind processors: the same values SQLAlchemy would send, without
+    building its per-row parameter structures for every batch.
+    """
+
+    def __init__(self, statement: Insert, table: Table, dialect: Dialect, keys: tuple[str, ...]):
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        self.named = not compiled.positional
+        if compiled.positional:
+            names = tuple(compiled.positiontup or ())
+        elif dialect.driver in _FORMAT_TOO and compiled.string.count("%(") == len(compiled.binds):
+            # Positional parameters spare these drivers a dict per row.
+            names = tuple(_NAMED_PARAMETER.findall(compiled.string))
+            self.sql = _NAMED_PARAMETER.sub("%s", compiled.string)
+            self.named = False
+        else:
+            names = tuple(compiled.binds)
+        if sorted(names) != sorted(keys):
+            raise _NotPreparable(names)
+        self.keys = names
+        self.converters = [
+            (index, processor)
+            for index, key in enumerate(names)
+            if (processor := table.columns[key].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+
+    def execute(self, connection: Connection, rows: Sequence[Row]) -> None:
+        keys = self.keys
+        converters = self.converters
+        parameters: list[Any] = []
+        for row in rows:
+            values = [row[key] for key in keys]
+            try:
+                for index, processor in converters:
+                    values[index] = processor(values[index])
+            except Exception as exc:
+                raise StatementError(
+                    f"cannot convert a value of column {keys[index]!r}: {exc}",
+                    self.sql,
+                    None,
+                    exc,
+                ) from exc
+            parameters.append(dict(zip(keys, values, strict=True)) if self.named else tuple(values))
+        connection.exec_driver_sql(self.sql, parameters)
+
+
+class _NotPreparable(Exception):
+    """The compiled statement does not bind exactly the row's columns."""
+
+
+class _PreparedInserts:
+    """Prepared inserts by the columns rows carry; None where rows differ or do not fit."""
+
+    def __init__(self, statement: Insert, table: Table, dialect: Dialect) -> None:
+        self._statement = statement
+        self._table = table
+        self._dialect = dialect
+        self._by_keys: dict[tuple[str, ...], _PreparedInsert | None] = {}
+
+    def get(self, rows: Sequence[Row]) -> _PreparedInsert | None:
+        if not rows:
+            return None
+        keys = tuple(rows[0])
+        if any(tuple(row) != keys for row in rows):
+            return None
+        if keys not in self._by_keys:
+            self._by_keys[keys] = self._prepare(keys)
+        return self._by_keys[keys]
+
+    def _prepare(self, keys: tuple[str, ...]) -> _PreparedInsert | None:
+        if not set(keys) <= set(self._table.columns.keys()):
+            return None
+        try:
+            return _PreparedInsert(self._statement, self._table, self._dialect, keys)
+        except _NotPreparable:
+            return None
 
 
 def _describe(exc: SQLAlchemyError) -> str:
