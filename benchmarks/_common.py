@@ -38,8 +38,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    hot_path_jobs=20_000,
-    hot_path_rounds=7,
+    hot_path_jobs=2_000,
+    hot_path_rounds=30,
     seed_pattern_jobs=1_000,
     writer_jobs=30_000,
     slow_db_jobs=2_000,
@@ -47,8 +47,8 @@ FULL = Sizes(
     db_down_jobs=300_000,
 )
 QUICK = Sizes(
-    hot_path_jobs=2_000,
-    hot_path_rounds=3,
+    hot_path_jobs=500,
+    hot_path_rounds=12,
     seed_pattern_jobs=100,
     writer_jobs=2_000,
     slow_db_jobs=200,

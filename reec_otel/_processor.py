@@ -125,7 +125,7 @@ class LogJobSpanProcessor(SpanProcessor):
         name = attributes.get(attrs.NAME)
         if name is None or attributes.get(attrs.LIGHT):
             return
-        if attributes.get(attrs.PHASE) == attrs.PHASE_PROCESSING:
+        if _optional(attributes, attrs.PHASE) == attrs.PHASE_PROCESSING:
             parent = span.parent
             if parent is not None:
                 row = self._row(
@@ -134,10 +134,11 @@ class LogJobSpanProcessor(SpanProcessor):
                 self.writer.submit(row)
             return
         span_id = span.get_span_context().span_id
-        self.writer.submit(self._row(span, attributes, StateJob.ENQUEUED, span.start_time, span_id))
-        if not attributes.get(attrs.DEFERRED):
-            row = self._row(span, attributes, StateJob.PROCESSING, span.start_time, span_id)
-            self.writer.submit(row)
+        enqueued = self._row(span, attributes, StateJob.ENQUEUED, span.start_time, span_id)
+        self.writer.submit(enqueued)
+        if not _optional(attributes, attrs.DEFERRED):
+            # The same instant of the same run: only the state differs.
+            self.writer.submit({**enqueued, "state_job": StateJob.PROCESSING.value})
 
     def _ended(self, span: ReadableSpan) -> None:
         attributes = span.attributes
@@ -145,7 +146,7 @@ class LogJobSpanProcessor(SpanProcessor):
             return
         if attributes.get(attrs.NAME) is None:
             return
-        if attributes.get(attrs.PHASE) == attrs.PHASE_PROCESSING:
+        if _optional(attributes, attrs.PHASE) == attrs.PHASE_PROCESSING:
             return
         state = _final_state(span, attributes)
         if state is StateJob.SUCCEEDED and attributes.get(attrs.LIGHT):
@@ -153,8 +154,10 @@ class LogJobSpanProcessor(SpanProcessor):
         span_id = span.get_span_context().span_id  # type: ignore[union-attr]
         row = self._row(span, attributes, state, span.end_time, span_id)
         row["duration_ms"] = _duration_ms(span, attributes)
-        row["message"] = _optional_text(attributes.get(attrs.MESSAGE), _text.MAX_MESSAGE_CHARS)
-        data = attributes.get(attrs.DATA)
+        row["message"] = _optional_text(
+            _optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS
+        )
+        data = _optional(attributes, attrs.DATA)
         row["data"] = data if isinstance(data, str) else None
         if state is StateJob.FAILED:
             row.update(_failure_fields(span.events))
@@ -182,7 +185,9 @@ class LogJobSpanProcessor(SpanProcessor):
             "stack_trace": None,
             "data": None,
             "message": None,
-            "create_user": _optional_text(attributes.get(attrs.CREATE_USER), _text.MAX_NAME_CHARS),
+            "create_user": _optional_text(
+                _optional(attributes, attrs.CREATE_USER), _text.MAX_NAME_CHARS
+            ),
             "create_date": created,
             "create_date_only": created.date(),
         }
@@ -270,6 +275,12 @@ def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
 
 def _describe_event(event: Mapping[str, Any]) -> str:
     return f"{event.get(attrs.EXCEPTION_TYPE, '?')}: {event.get(attrs.EXCEPTION_MESSAGE, '')}"
+
+
+def _optional(attributes: Mapping[str, Any], key: str) -> Any:
+    # A span's attributes are a mapping whose get() raises and catches
+    # KeyError for a missing key; a membership test is cheaper.
+    return attributes[key] if key in attributes else None  # noqa: SIM401
 
 
 def _optional_text(value: Any, limit: int) -> str | None:
