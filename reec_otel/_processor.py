@@ -146,10 +146,13 @@ class LogJobSpanProcessor(SpanProcessor):
             return
         if attributes.get(attrs.NAME) is None:
             return
+        light = attributes.get(attrs.LIGHT)
+        if light and attributes.get(attrs.STATE) == StateJob.SUCCEEDED.value:
+            return  # the most frequent end of all, settled first
         if _optional(attributes, attrs.PHASE) == attrs.PHASE_PROCESSING:
             return
         state = _final_state(span, attributes)
-        if state is StateJob.SUCCEEDED and attributes.get(attrs.LIGHT):
+        if state is StateJob.SUCCEEDED and light:
             return
         span_id = span.get_span_context().span_id  # type: ignore[union-attr]
         row = self._row(span, attributes, state, span.end_time, span_id)

@@ -41,6 +41,8 @@ R = TypeVar("R")
 
 DEFAULT_NAME_JOB = "Anonymous"
 _HANDLER_FAILED = "run_function_exception failed while handling the job's exception"
+# Results that are never awaitable, so resolving them needs no further check.
+_PLAIN_RESULTS = frozenset({type(None), str, int, float, bool, bytes, dict, list, tuple})
 
 
 @dataclasses.dataclass
@@ -430,9 +432,10 @@ def _refuse_inside_running_loop(name_job: str) -> None:
 
 
 def _resolve_sync(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
-    return value
+    # Most jobs return plain values; the awaitable check is an ABC lookup.
+    if type(value) in _PLAIN_RESULTS or not inspect.isawaitable(value):
+        return value
+    return asyncio.run(_await(value))
 
 
 async def _resolve_async(value: Any) -> Any:
