@@ -201,6 +201,18 @@ def configure(
         raise ConfigurationError(f"log_job must be a LogJobOptions; got {options!r}.")
     url = resolve_database_url(database_url, env) if save_global and options.is_save_db else None
 
+    # Everything that can fail on bad settings happens before the previous
+    # handle is shut down, so that a mistake leaves the running setup alone.
+    writer = None
+    if url is not None:
+        writer = BatchWriter(
+            create_database_engine(url),
+            log_job_table(options.table_name, options.schema),
+            max_queue_rows=max_queue_rows,
+            batch_rows=batch_rows,
+            flush_interval_seconds=flush_interval_seconds,
+        )
+
     with _lock:
         previous = _current
         if previous is not None:
@@ -208,14 +220,7 @@ def configure(
         provider, owns = _provider(tracer_provider, env, previous)
         name = _application_name(application_name, env, provider)
         processor = None
-        if url is not None:
-            writer = BatchWriter(
-                create_database_engine(url),
-                log_job_table(options.table_name, options.schema),
-                max_queue_rows=max_queue_rows,
-                batch_rows=batch_rows,
-                flush_interval_seconds=flush_interval_seconds,
-            )
+        if writer is not None:
             processor = LogJobSpanProcessor(application_name=name, log_job=options, writer=writer)
             provider.add_span_processor(processor)
         handle = ReecOtel(

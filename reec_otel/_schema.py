@@ -84,11 +84,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):  # SQLite before SQLAlchemy parses it
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        if not isinstance(moment, dt.datetime):
+            raise TypeError(f"Expected a timestamp from the database; got {value!r}.")
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC)
 
 
 class JSONDocument(TypeDecorator[Any]):

@@ -96,7 +96,7 @@ def resolve_database_url(argument: str | URL | None, env: Mapping[str, str]) -> 
         source, raw = "The default database URL", DEFAULT_DATABASE_URL
     try:
         return make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # The URL may hold a password: never repeat it.
         raise ConfigurationError(
             f"{source} is not a valid SQLAlchemy database URL "

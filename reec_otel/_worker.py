@@ -25,6 +25,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkabl
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from reec_otel import _attributes as attrs
 from reec_otel import _text
@@ -242,7 +243,7 @@ class _Run:
         tracer = job_tracer()
         self.light = worker.is_light_execution
         self.deferred = bool(worker.delay_seconds)
-        start: dict[str, Any] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
+        start: dict[str, AttributeValue] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
         if worker.create_user is not None:
             start[attrs.CREATE_USER] = _text.safe_str(worker.create_user, _text.MAX_NAME_CHARS)
         if self.deferred:
@@ -270,11 +271,17 @@ class _Run:
     def start_processing(self) -> None:
         """Mark the end of the delay; a deferred run gets its processing span."""
         if self.deferred:
-            start = {
+            # The processing span repeats the job's identity, so that its
+            # row reads the same as the job span's rows.
+            start: dict[str, AttributeValue] = {
                 attrs.NAME: self.ctx.name_job,
                 attrs.LIGHT: self.light,
                 attrs.PHASE: attrs.PHASE_PROCESSING,
             }
+            if self.ctx.create_user is not None:
+                start[attrs.CREATE_USER] = _text.safe_str(
+                    self.ctx.create_user, _text.MAX_NAME_CHARS
+                )
             name = f"{self.ctx.name_job} processing"
             self._processing = job_tracer().start_span(name, attributes=start)
             self._processing_token = otel_context.attach(
@@ -481,25 +488,28 @@ def job(
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         name_job = name or function.__qualname__
-        settings = {"is_light_execution": is_light_execution, "create_user": create_user}
+
+        def worker_for(box: _ValueBox, args: Any, kwargs: Any) -> Worker:
+            return Worker(
+                name_job,
+                is_light_execution=is_light_execution,
+                create_user=create_user,
+                run_function=box.calling(function, args, kwargs),
+            )
 
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 box = _ValueBox()
-                worker = Worker(
-                    name_job, **settings, run_function=box.calling(function, args, kwargs)
-                )
-                return box.outcome(await worker.execute_async())
+                return box.outcome(await worker_for(box, args, kwargs).execute_async())
 
             return run_async
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             box = _ValueBox()
-            worker = Worker(name_job, **settings, run_function=box.calling(function, args, kwargs))
-            return box.outcome(worker.execute())
+            return box.outcome(worker_for(box, args, kwargs).execute())
 
         return run
 

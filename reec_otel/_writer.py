@@ -245,7 +245,8 @@ class BatchWriter:
         with self._lock:
             return WriterStatistics(
                 rows_written=self._written,
-                rows_queued=len(self._queue),
+                # Queued or being written: accepted and not yet settled.
+                rows_queued=self._accepted - self._settled,
                 rows_dropped=self._dropped,
                 rows_rejected=self._rejected,
                 write_failures=self._failures,
@@ -267,12 +268,13 @@ class BatchWriter:
             batch = self._next_batch(backoff)
             if batch is None:
                 return
-            if self._write(batch):
+            remaining = self._write(batch)
+            if not remaining:
                 backoff = 0.0
-            else:
-                backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
-                with self._lock:
-                    self._queue.extendleft(reversed(batch))
+                continue
+            backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
+            with self._lock:
+                self._queue.extendleft(reversed(remaining))
 
     def _next_batch(self, backoff: float) -> list[Row] | None:
         with self._lock:
@@ -299,38 +301,36 @@ class BatchWriter:
             or time.monotonic() - waited_since >= self.flush_interval_seconds
         )
 
-    def _write(self, batch: list[Row]) -> bool:
-        """Insert *batch*; False means "try again later" (the database is away)."""
+    def _write(self, batch: list[Row]) -> list[Row]:
+        """Insert *batch*; returns the rows to try again later (the database is away)."""
         try:
             self._ensure_table()
             with self.engine.begin() as connection:
                 self._insert_rows(connection, batch)
-        except (OperationalError, InterfaceError) as exc:
-            self._note_failure(exc, len(batch))
-            return False
-        except SQLAlchemyError:
+        except Exception as exc:  # the writer's thread must not die
+            if _is_outage(exc):
+                self._note_failure(exc, len(batch))
+                return batch
             # Something in the batch is refused: find out which rows, one by one.
             return self._write_one_by_one(batch)
         self._settle(len(batch), rejected=0)
         logger.debug("LogJob writer wrote %d rows.", len(batch))
-        return True
+        return []
 
-    def _write_one_by_one(self, batch: list[Row]) -> bool:
+    def _write_one_by_one(self, batch: list[Row]) -> list[Row]:
         for index, row in enumerate(batch):
             try:
                 with self.engine.begin() as connection:
                     self._insert_rows(connection, [row])
-            except (OperationalError, InterfaceError) as exc:
-                self._note_failure(exc, len(batch) - index)
-                with self._lock:
-                    self._queue.extendleft(reversed(batch[index + 1 :]))
-                return False
-            except SQLAlchemyError as exc:
+            except Exception as exc:
+                if _is_outage(exc):
+                    self._note_failure(exc, len(batch) - index)
+                    return batch[index:]
                 self._reject(row, exc)
                 self._settle(0, rejected=1)
             else:
                 self._settle(1, rejected=0)
-        return True
+        return []
 
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
         prepared = self._prepared.get(rows)
@@ -357,7 +357,7 @@ class BatchWriter:
             self._settled += written + rejected
             self._wake.notify_all()
 
-    def _note_failure(self, exc: SQLAlchemyError, waiting: int) -> None:
+    def _note_failure(self, exc: Exception, waiting: int) -> None:
         self._table_ready = False
         message = _describe(exc)
         with self._lock:
@@ -371,7 +371,7 @@ class BatchWriter:
             message,
         )
 
-    def _reject(self, row: Row, exc: SQLAlchemyError) -> None:
+    def _reject(self, row: Row, exc: Exception) -> None:
         message = _describe(exc)
         with self._lock:
             self._last_error = message
@@ -514,7 +514,14 @@ class _PreparedInserts:
             return None
 
 
-def _describe(exc: SQLAlchemyError) -> str:
+def _is_outage(exc: Exception) -> bool:
+    """Whether *exc* means "the database is away" rather than "this row is refused"."""
+    return isinstance(exc, OperationalError | InterfaceError) or not isinstance(
+        exc, SQLAlchemyError
+    )
+
+
+def _describe(exc: Exception) -> str:
     # The driver's message, without SQLAlchemy's statement and parameter dump,
     # which may hold job data.
     original = exc.orig if isinstance(exc, DBAPIError) else exc

@@ -21,7 +21,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,7 +75,12 @@ class Backend:
         return LogJobOptions(table_name=self.table_name)
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:
-        """Every row of the test's table, oldest first, optionally filtered by column."""
+        """Every row of the test's table, oldest first, optionally filtered by column.
+
+        No table yet (the writer has not connected) reads as no rows.
+        """
+        if not inspect(self.engine).has_table(self.table_name):
+            return []
         table = log_job_table(self.table_name)
         query = select(table).order_by(table.c.id_log_job)
         for column, value in where.items():
