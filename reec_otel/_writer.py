@@ -20,6 +20,7 @@ import enum
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import weakref
@@ -456,6 +457,10 @@ class _PreparedInsert:
         if sorted(names) != sorted(keys):
             raise _NotPreparable(names)
         self.keys = names
+        self.values_clause = (
+            _values_clause(self.sql, len(names)) if dialect.name == "sqlite" else None
+        )
+        self.rows_per_statement = _rows_per_statement(dialect.name, len(names))
         self.converters = [
             (index, processor)
             for index, key in enumerate(names)
@@ -479,7 +484,36 @@ class _PreparedInsert:
                     exc,
                 ) from exc
             parameters.append(dict(zip(keys, values, strict=True)) if self.named else tuple(values))
-        connection.exec_driver_sql(self.sql, parameters)
+        if self.values_clause is None:
+            connection.exec_driver_sql(self.sql, parameters)
+        else:
+            self._execute_multi_row(connection, parameters, self.values_clause)
+
+    def _execute_multi_row(
+        self, connection: Connection, parameters: list[Any], clause: tuple[str, str, str]
+    ) -> None:
+        # SQLite releases the GIL for each row of an executemany; a busy
+        # application thread then takes it back every time, and the writer
+        # waits a switch interval per row. One statement of many rows releases
+        # it once.
+        head, values, tail = clause
+        step = self.rows_per_statement
+        for start in range(0, len(parameters), step):
+            chunk = parameters[start : start + step]
+            sql = head + ", ".join([values] * len(chunk)) + tail
+            connection.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+
+
+def _values_clause(sql: str, parameters: int) -> tuple[str, str, str] | None:
+    """The INSERT split around its one row of values: head, "(?, ...)", tail."""
+    start = sql.find(" VALUES (")
+    end = sql.find(")", start)
+    if start < 0 or end < 0:
+        return None
+    values = sql[start + len(" VALUES ") : end + 1]
+    if values.count("?") != parameters or "'" in values:
+        return None
+    return sql[: start + len(" VALUES ")], values, sql[end + 1 :]
 
 
 class _NotPreparable(Exception):
@@ -512,6 +546,15 @@ class _PreparedInserts:
             return _PreparedInsert(self._statement, self._table, self._dialect, keys)
         except _NotPreparable:
             return None
+
+
+def _rows_per_statement(dialect: str, columns: int) -> int:
+    """Rows per INSERT so that its bound parameters stay under the backend's limit."""
+    if dialect == "sqlite":
+        limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    else:
+        limit = 65_535
+    return max(1, min(limit // columns, 1_000))
 
 
 def _is_outage(exc: Exception) -> bool:
