@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -25,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -457,6 +459,7 @@ class _PreparedInsert:
         if sorted(names) != sorted(keys):
             raise _NotPreparable(names)
         self.keys = names
+        self.pick = operator.itemgetter(*names) if len(names) > 1 else _one_item(names[0])
         self.values_clause = (
             _values_clause(self.sql, len(names)) if dialect.name == "sqlite" else None
         )
@@ -468,11 +471,18 @@ class _PreparedInsert:
         ]
 
     def execute(self, connection: Connection, rows: Sequence[Row]) -> None:
+        if self.values_clause is None:
+            connection.exec_driver_sql(self.sql, self._parameters(rows))
+        else:
+            self._execute_multi_row(connection, self._parameters(rows), self.values_clause)
+
+    def _parameters(self, rows: Sequence[Row]) -> list[Any]:
         keys = self.keys
+        pick = self.pick
         converters = self.converters
         parameters: list[Any] = []
         for row in rows:
-            values = [row[key] for key in keys]
+            values = list(pick(row))
             try:
                 for index, processor in converters:
                     values[index] = processor(values[index])
@@ -484,10 +494,7 @@ class _PreparedInsert:
                     exc,
                 ) from exc
             parameters.append(dict(zip(keys, values, strict=True)) if self.named else tuple(values))
-        if self.values_clause is None:
-            connection.exec_driver_sql(self.sql, parameters)
-        else:
-            self._execute_multi_row(connection, parameters, self.values_clause)
+        return parameters
 
     def _execute_multi_row(
         self, connection: Connection, parameters: list[Any], clause: tuple[str, str, str]
@@ -496,12 +503,21 @@ class _PreparedInsert:
         # application thread then takes it back every time, and the writer
         # waits a switch interval per row. One statement of many rows releases
         # it once.
+        # TODO: each batch still costs a commit (an fsync in WAL mode with
+        # synchronous=FULL) and several GIL hand-overs; against a thread that
+        # runs empty jobs back to back the writer falls behind and the queue
+        # drops rows. Larger transactions while the queue is deep, or
+        # synchronous=NORMAL in WAL mode, would let it keep up.
         head, values, tail = clause
         step = self.rows_per_statement
         for start in range(0, len(parameters), step):
             chunk = parameters[start : start + step]
             sql = head + ", ".join([values] * len(chunk)) + tail
-            connection.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+            connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
+
+
+def _one_item(key: str) -> Callable[[Row], tuple[Any, ...]]:
+    return lambda row: (row[key],)
 
 
 def _values_clause(sql: str, parameters: int) -> tuple[str, str, str] | None:
@@ -532,9 +548,10 @@ class _PreparedInserts:
     def get(self, rows: Sequence[Row]) -> _PreparedInsert | None:
         if not rows:
             return None
-        keys = tuple(rows[0])
-        if any(tuple(row) != keys for row in rows):
+        first = rows[0].keys()
+        if any(row.keys() != first for row in rows):
             return None
+        keys = tuple(first)
         if keys not in self._by_keys:
             self._by_keys[keys] = self._prepare(keys)
         return self._by_keys[keys]
