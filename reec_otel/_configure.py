@@ -17,19 +17,22 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from importlib.metadata import entry_points
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import NoOpTracer
 from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
-from reec_otel import _tracing
+from reec_otel import _sanitize, _signals, _tracing
 from reec_otel._errors import ConfigurationError, LifecycleError
+from reec_otel._exporters import create_exporters
 from reec_otel._processor import LogJobSpanProcessor
+from reec_otel._retention import start_clean_scheduler
+from reec_otel._sanitize import Sanitizer
+from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
 from reec_otel._settings import (
     ENV_APPLICATION_NAME,
@@ -37,7 +40,10 @@ from reec_otel._settings import (
     LogJobOptions,
     resolve_bool,
     resolve_database_url,
+    validate_application_name,
 )
+from reec_otel._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, default_spool_directory
+from reec_otel._text import MAX_NAME_CHARS, safe_str
 from reec_otel._version import __version__
 from reec_otel._writer import (
     DEFAULT_BATCH_ROWS,
@@ -53,9 +59,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 10_000
 
-_EXPORTER_GROUP = "opentelemetry_traces_exporter"
-_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
-_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 _lock = threading.RLock()
 _current: ReecOtel | None = None
@@ -68,13 +71,21 @@ class HandleState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Statistics:
-    """What the handle's writer and processor have done so far."""
+    """What the handle's writer and processor have done so far.
+
+    ``rows_queued`` counts rows accepted and not yet written, those waiting in
+    the spool file included (``rows_spooled``). ``rows_dropped`` counts rows
+    that fit neither memory nor spool, exactly. ``internal_errors`` and
+    ``processor_errors`` count faults of reec_otel itself, each logged.
+    """
 
     rows_written: int = 0
     rows_queued: int = 0
+    rows_spooled: int = 0
     rows_dropped: int = 0
     rows_rejected: int = 0
     write_failures: int = 0
+    internal_errors: int = 0
     processor_errors: int = 0
     last_error: str | None = None
 
@@ -91,6 +102,7 @@ class ReecOtel:
         processor: LogJobSpanProcessor | None,
         database_url: URL | None,
         shutdown_timeout_millis: int,
+        log_job: LogJobOptions | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.owns_provider = owns_provider
@@ -98,6 +110,8 @@ class ReecOtel:
         self.processor = processor
         self.database_url = database_url
         self.shutdown_timeout_millis = shutdown_timeout_millis
+        self.log_job = log_job
+        self.clean_scheduler: CleanScheduler | None = None
         self.state = HandleState.RUNNING
         self._shutdown_result = True
         self._lock = threading.Lock()
@@ -145,9 +159,12 @@ class ReecOtel:
             self.state = HandleState.SHUT_DOWN
         deadline = time.monotonic() + timeout / 1000
         _uninstall(self)
+        _signals.uninstall_sigterm_handler(self)
         done = True
+        if self.clean_scheduler is not None:
+            done = self.clean_scheduler.stop(_millis_until(deadline))
         if self.processor is not None:
-            done = self.processor.shutdown_within(_millis_until(deadline))
+            done = self.processor.shutdown_within(_millis_until(deadline)) and done
         if self.owns_provider:
             done = _shutdown_provider(self.tracer_provider, deadline) and done
         self._shutdown_result = done
@@ -174,6 +191,10 @@ def configure(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
     shutdown_timeout_millis: int = DEFAULT_SHUTDOWN_TIMEOUT_MILLIS,
+    spool_directory: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    sanitizer: Sanitizer | None = None,
+    handle_sigterm: bool = False,
 ) -> ReecOtel:
     """Set reec_otel up for this process and return its handle.
 
@@ -181,7 +202,9 @@ def configure(
     defaults: SQLite file ``reec_jobs.db``, application name from the OTel
     service name, global saving on. Never connects to the database: the table
     is created when the background writer first connects. Calling it again
-    shuts the previous handle down first.
+    shuts the previous handle down first. When rows are written and
+    ``log_job.enable_clean`` is on, it starts the cleanup scheduler
+    (`CleanLogJobWorker` on ``log_job.clean_cron``); `shutdown()` stops it.
 
     Args:
         database_url: SQLAlchemy URL of the database for LogJob rows.
@@ -193,16 +216,41 @@ def configure(
         batch_rows: rows per transaction at most.
         flush_interval_seconds: how long a row may wait for its batch.
         shutdown_timeout_millis: the deadline of `shutdown()` and of exit.
+        spool_directory: where rows wait on disk while the database is away;
+            by default a per-user state directory keyed by application, table
+            and database.
+        spool_max_bytes: size cap of this process's spool file; 0 keeps rows
+            in memory only.
+        sanitizer: ``fn(text) -> text`` applied to every text a job produces
+            (message, data, exception) before it reaches the span or a row;
+            ``reec_otel.redact_secrets`` is a ready one.
+        handle_sigterm: on SIGTERM, end the running job as Failed, write its
+            rows and span, and exit with status 143 (see `install_sigterm_handler`).
     """
     env = os.environ
     save_global = resolve_bool(enable_global_db_save, env, ENV_ENABLE_GLOBAL_DB_SAVE, default=True)
     options = log_job if log_job is not None else LogJobOptions.from_environment(env)
     if not isinstance(options, LogJobOptions):
         raise ConfigurationError(f"log_job must be a LogJobOptions; got {options!r}.")
+    if sanitizer is not None and not callable(sanitizer):
+        raise ConfigurationError(f"sanitizer must be a callable (str -> str); got {sanitizer!r}.")
+    if type(spool_max_bytes) is not int or spool_max_bytes < 0:
+        raise ConfigurationError(
+            f"spool_max_bytes must be a whole number of bytes, 0 or more; got {spool_max_bytes!r}."
+        )
     url = resolve_database_url(database_url, env) if save_global and options.is_save_db else None
 
     # Everything that can fail on bad settings happens before the previous
     # handle is shut down, so that a mistake leaves the running setup alone.
+    if tracer_provider is not None and not isinstance(tracer_provider, TracerProvider):
+        raise ConfigurationError(
+            "tracer_provider must be an OpenTelemetry SDK TracerProvider "
+            f"(opentelemetry.sdk.trace.TracerProvider); got {type(tracer_provider).__name__}."
+        )
+    if application_name is not None:
+        validate_application_name(application_name, "application_name")
+    elif env.get(ENV_APPLICATION_NAME) is not None:
+        validate_application_name(env[ENV_APPLICATION_NAME], ENV_APPLICATION_NAME)
     writer = None
     if url is not None:
         writer = BatchWriter(
@@ -220,7 +268,10 @@ def configure(
         provider, owns = _provider(tracer_provider, env, previous)
         name = _application_name(application_name, env, provider)
         processor = None
-        if writer is not None:
+        if writer is not None and url is not None:
+            # The spool's default place is keyed by the application's name,
+            # known only now; no row has reached the writer yet.
+            writer.spool = _spool(url, writer.table, name, spool_directory, spool_max_bytes)
             processor = LogJobSpanProcessor(application_name=name, log_job=options, writer=writer)
             provider.add_span_processor(processor)
         handle = ReecOtel(
@@ -230,10 +281,30 @@ def configure(
             processor=processor,
             database_url=url,
             shutdown_timeout_millis=shutdown_timeout_millis,
+            log_job=options,
         )
         _install(handle)
+        _sanitize.install(sanitizer)
+        if handle_sigterm:
+            _signals.install_sigterm_handler(handle)
+        handle.clean_scheduler = start_clean_scheduler(handle)
     logger.info("reec_otel configured: %r", handle)
     return handle
+
+
+def _spool(
+    url: URL,
+    table: Table,
+    application_name: str,
+    directory: str | os.PathLike[str] | None,
+    max_bytes: int,
+) -> Spool | None:
+    if max_bytes == 0:
+        return None
+    if directory is None:
+        where = url.render_as_string(hide_password=True)
+        directory = default_spool_directory(where, table.fullname, application_name)
+    return Spool(directory, max_bytes)
 
 
 def current() -> ReecOtel | None:
@@ -244,6 +315,13 @@ def current() -> ReecOtel | None:
 def _install(handle: ReecOtel) -> None:
     global _current
     tracer = handle.tracer_provider.get_tracer(_tracing.INSTRUMENTATION_NAME, __version__)
+    if isinstance(tracer, NoOpTracer) and handle.writes_rows:
+        # The SDK hands out no-op tracers when OTEL_SDK_DISABLED is true: no
+        # job span is recorded, so no LogJob row can be written either.
+        logger.warning(
+            "The OpenTelemetry SDK is disabled (OTEL_SDK_DISABLED=true): jobs run, "
+            "but no job spans are recorded and no LogJob rows are written."
+        )
     _tracing.keep_job_spans(tracer)
     _tracing.install(tracer)
     _current = handle
@@ -256,6 +334,7 @@ def _uninstall(handle: ReecOtel) -> None:
         if _current is handle:
             _current = None
             _tracing.install(None)
+            _sanitize.install(None)
 
 
 def _register_exit(handle: ReecOtel) -> None:
@@ -273,11 +352,6 @@ def _provider(
     given: TracerProvider | None, env: Mapping[str, str], previous: ReecOtel | None
 ) -> tuple[TracerProvider, bool]:
     if given is not None:
-        if not isinstance(given, TracerProvider):
-            raise ConfigurationError(
-                "tracer_provider must be an OpenTelemetry SDK TracerProvider "
-                f"(opentelemetry.sdk.trace.TracerProvider); got {type(given).__name__}."
-            )
         return given, False
     existing = trace.get_tracer_provider()
     created_before = (
@@ -299,40 +373,13 @@ def _provider(
 
 
 def _exporters_from_environment(env: Mapping[str, str]) -> list[SpanExporter]:
-    raw = env.get("OTEL_TRACES_EXPORTER")
-    if raw is None or not raw.strip():
-        if not any(env.get(name) for name in _ENDPOINT_VARIABLES):
-            logger.info(
-                "No OTEL_TRACES_EXPORTER or OTLP endpoint is set: job spans are not exported; "
-                "LogJob rows are still written."
-            )
-            return []
-        raw = "otlp"
-    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
-    return [_exporter(name, env) for name in names if name != "none"]
-
-
-def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
-    if name == "otlp":
-        protocol = (
-            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "grpc"
-        ).strip()
-        if protocol not in _OTLP_BY_PROTOCOL:
-            raise ConfigurationError(
-                f"OTEL_EXPORTER_OTLP_PROTOCOL must be 'grpc' or 'http/protobuf'; got {protocol!r}."
-            )
-        name = _OTLP_BY_PROTOCOL[protocol]
-    found = entry_points(group=_EXPORTER_GROUP, name=name)
-    if not found:
-        raise ConfigurationError(
-            f"OTEL_TRACES_EXPORTER names {name!r}, but no installed package provides a "
-            "span exporter by that name."
+    exporters = create_exporters(env)
+    if not exporters:
+        logger.info(
+            "No OTEL_TRACES_EXPORTER or OTLP endpoint is set: job spans are not exported; "
+            "LogJob rows are still written."
         )
-    exporter_class: Any = next(iter(found)).load()
-    exporter: SpanExporter = exporter_class()
-    return exporter
+    return exporters
 
 
 def _application_name(
@@ -342,12 +389,8 @@ def _application_name(
     source = "application_name" if argument is not None else ENV_APPLICATION_NAME
     if name is None:
         service = provider.resource.attributes.get("service.name")
-        name = str(service) if service else "unknown_service"
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise ConfigurationError(
-            f"{source} must be a non-empty string of at most 255 characters; got {name!r}."
-        )
-    return name
+        return safe_str(service, MAX_NAME_CHARS) if service else "unknown_service"
+    return validate_application_name(name, source)
 
 
 def _shutdown_provider(provider: TracerProvider, deadline: float) -> bool:

@@ -12,8 +12,10 @@ deferred), then Succeeded or Failed when it ends. Light mode: only Failed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,7 +29,7 @@ from reec_otel import _text
 from reec_otel._attributes import StateJob
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._schema import log_job_table
-from reec_otel._settings import LogJobOptions
+from reec_otel._settings import LogJobOptions, validate_application_name
 from reec_otel._writer import BatchWriter, Row, create_database_engine
 
 __all__ = ["LogJobSpanProcessor"]
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _GROUP_TYPE = "builtins.ExceptionGroup"
+_MAX_OPEN_JOBS = 100_000
 
 
 class RowSink(Protocol):
@@ -80,9 +83,12 @@ class LogJobSpanProcessor(SpanProcessor):
             table = log_job_table(options.table_name, options.schema)
             writer = BatchWriter(create_database_engine(database_url), table)
         self.writer = writer
+        if application_name is not None:
+            validate_application_name(application_name, "application_name")
         self.application_name = application_name
         self.is_save_db = options.is_save_db
         self._shut_down = False
+        self._open: dict[int, _Job] = {}  # job spans started and not yet ended
         self._errors = 0
         self._warnings = RateLimitedLog(logger)
 
@@ -123,39 +129,44 @@ class LogJobSpanProcessor(SpanProcessor):
         if self._shut_down or not self.is_save_db or not attributes:
             return
         name = attributes.get(attrs.NAME)
-        if name is None or attributes.get(attrs.LIGHT):
+        if name is None:
             return
+        job = _Job.of(name, attributes)
         if _optional(attributes, attrs.PHASE) == attrs.PHASE_PROCESSING:
             parent = span.parent
-            if parent is not None:
-                row = self._row(
-                    span, attributes, StateJob.PROCESSING, span.start_time, parent.span_id
-                )
+            if parent is not None and not job.light:
+                row = self._row(span, job, StateJob.PROCESSING, span.start_time, parent.span_id)
                 self.writer.submit(row)
             return
         span_id = span.get_span_context().span_id
-        enqueued = self._row(span, attributes, StateJob.ENQUEUED, span.start_time, span_id)
+        self._remember(span_id, job)
+        if job.light:
+            return
+        enqueued = self._row(span, job, StateJob.ENQUEUED, span.start_time, span_id)
         self.writer.submit(enqueued)
-        if not _optional(attributes, attrs.DEFERRED):
+        if _optional(attributes, attrs.DEFERRED) is not True:
             # The same instant of the same run: only the state differs.
             self.writer.submit({**enqueued, "state_job": StateJob.PROCESSING.value})
 
     def _ended(self, span: ReadableSpan) -> None:
-        attributes = span.attributes
-        if self._shut_down or not self.is_save_db or not attributes:
-            return
-        if attributes.get(attrs.NAME) is None:
-            return
-        light = attributes.get(attrs.LIGHT)
-        if light and attributes.get(attrs.STATE) == StateJob.SUCCEEDED.value:
-            return  # the most frequent end of all, settled first
-        if _optional(attributes, attrs.PHASE) == attrs.PHASE_PROCESSING:
+        span_id = span.get_span_context().span_id  # type: ignore[union-attr]
+        # The job's identity as it was at start: the span's attributes may
+        # since have been evicted by the SDK's attribute limit.
+        job = self._open.pop(span_id, None)
+        attributes = span.attributes or {}
+        if job is None:
+            name = attributes.get(attrs.NAME)
+            if self._shut_down or name is None or _optional(attributes, attrs.PHASE) is not None:
+                return
+            job = _Job.of(name, attributes)
+        # A run that started before shutdown still hands its final row over,
+        # so that the writer counts it as dropped rather than lose it silently.
+        if not self.is_save_db:
             return
         state = _final_state(span, attributes)
-        if state is StateJob.SUCCEEDED and light:
+        if state is StateJob.SUCCEEDED and job.light:
             return
-        span_id = span.get_span_context().span_id  # type: ignore[union-attr]
-        row = self._row(span, attributes, state, span.end_time, span_id)
+        row = self._row(span, job, state, span.end_time, span_id)
         row["duration_ms"] = _duration_ms(span, attributes)
         row["message"] = _optional_text(
             _optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS
@@ -166,10 +177,17 @@ class LogJobSpanProcessor(SpanProcessor):
             row.update(_failure_fields(span.events))
         self.writer.submit(row)
 
+    def _remember(self, span_id: int, job: _Job) -> None:
+        open_jobs = self._open
+        open_jobs[span_id] = job
+        if len(open_jobs) > _MAX_OPEN_JOBS:
+            # Spans that never end must not grow memory without bound.
+            open_jobs.pop(next(iter(open_jobs)), None)
+
     def _row(
         self,
         span: ReadableSpan,
-        attributes: Mapping[str, Any],
+        job: _Job,
         state: StateJob,
         time_ns: int | None,
         span_id: int,
@@ -181,7 +199,7 @@ class LogJobSpanProcessor(SpanProcessor):
         created = _timestamp(time_ns)
         return {
             "application_name": self._application_name(span),
-            "name_job": _text.safe_str(attributes[attrs.NAME], _text.MAX_NAME_CHARS),
+            "name_job": job.name,
             "state_job": state.value,
             "trace_identifier": f"{span.get_span_context().trace_id:032x}",  # type: ignore[union-attr]
             "span_id": f"{span_id:016x}",
@@ -192,9 +210,7 @@ class LogJobSpanProcessor(SpanProcessor):
             "stack_trace": None,
             "data": None,
             "message": None,
-            "create_user": _optional_text(
-                _optional(attributes, attrs.CREATE_USER), _text.MAX_NAME_CHARS
-            ),
+            "create_user": job.create_user,
             "create_date": created,
             "create_date_only": created.date(),
         }
@@ -217,6 +233,26 @@ class LogJobSpanProcessor(SpanProcessor):
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Job:
+    """What a job span says of its job when it starts."""
+
+    name: str
+    light: bool
+    create_user: str | None
+
+    @classmethod
+    def of(cls, name: object, attributes: Mapping[str, Any]) -> _Job:
+        return cls(
+            name=_text.safe_str(name, _text.MAX_NAME_CHARS),
+            # Only a real boolean True: the text "false" from other code is not.
+            light=attributes.get(attrs.LIGHT) is True,
+            create_user=_optional_text(
+                _optional(attributes, attrs.CREATE_USER), _text.MAX_NAME_CHARS
+            ),
+        )
+
+
 def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> StateJob:
     # A job span started by other code may carry no state: its status decides.
     state = attributes.get(attrs.STATE)
@@ -229,7 +265,7 @@ def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> StateJob:
 
 def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | None:
     duration = attributes.get(attrs.DURATION_MS)
-    if isinstance(duration, int | float):
+    if isinstance(duration, int | float) and math.isfinite(duration):
         return float(duration)
     if span.start_time is None or span.end_time is None:
         return None
@@ -243,6 +279,12 @@ def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
     makes the row describe both together as an exception group.
     """
     exceptions = [e.attributes or {} for e in events if e.name == attrs.EXCEPTION_EVENT]
+    # The Worker marks the events of the job's failure; an exception the job
+    # recorded on its own span is not its failure. Spans of other code carry
+    # no mark: all their exception events count.
+    marked = [e for e in exceptions if attrs.EXCEPTION_SOURCE in e]
+    if marked:
+        exceptions = marked
     if not exceptions:
         return {}
     first = exceptions[0]

@@ -8,6 +8,7 @@ so besides the declarative :class:`LogJob` model (default name ``log_job``)
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
-    Float,
+    Double,
     Index,
     Integer,
     MetaData,
@@ -38,7 +39,8 @@ __all__ = ["DEFAULT_TABLE_NAME", "LogJob", "log_job_table", "validate_identifier
 
 DEFAULT_TABLE_NAME = "log_job"
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_MAX_IDENTIFIER_CHARS = 63  # PostgreSQL's limit; MariaDB allows 64
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}", re.ASCII)
 
 
 def validate_identifier(value: str, what: str) -> str:
@@ -103,9 +105,14 @@ class JSONDocument(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        if isinstance(value, str):
+        if not isinstance(value, str):
+            return value
+        try:
             return json.loads(value)
-        return value
+        except ValueError:
+            # Data cut by a span attribute limit, or plain text set by other
+            # code: kept, as a JSON string, rather than refused with its row.
+            return {"text": value}
 
 
 def _long_text() -> Any:
@@ -126,7 +133,7 @@ def _columns() -> list[Column[Any]]:
         Column("state_job", String(16), nullable=False),
         Column("trace_identifier", String(32), nullable=False),
         Column("span_id", String(16), nullable=False),
-        Column("duration_ms", Float, nullable=True),
+        Column("duration_ms", Double, nullable=True),
         Column("exception_type", String(255), nullable=True),
         Column("exception", _long_text(), nullable=True),
         Column("inner_exception", _long_text(), nullable=True),
@@ -139,12 +146,31 @@ def _columns() -> list[Column[Any]]:
     ]
 
 
+def object_name(prefix: str, table_name: str, suffix: str) -> str:
+    """The name of an index or constraint of the table, within every backend's limit.
+
+    ``prefix_table_suffix`` when that fits in 63 characters; else the table part
+    is shortened and a hash of the full table name keeps the name unique.
+    """
+    name = f"{prefix}_{table_name}_{suffix}"
+    if len(name) <= _MAX_IDENTIFIER_CHARS:
+        return name
+    digest = hashlib.sha256(table_name.encode()).hexdigest()[:8]
+    room = _MAX_IDENTIFIER_CHARS - len(prefix) - len(suffix) - len(digest) - 3
+    return f"{prefix}_{table_name[:room]}_{digest}_{suffix}"
+
+
 def _constraints(table_name: str) -> list[Any]:
     return [
-        UniqueConstraint("span_id", "state_job", name=f"uq_{table_name}_span_state"),
-        Index(f"ix_{table_name}_app_date", "application_name", "create_date_only"),
-        Index(f"ix_{table_name}_trace", "trace_identifier"),
-        Index(f"ix_{table_name}_app_state_date", "application_name", "state_job", "create_date"),
+        UniqueConstraint("span_id", "state_job", name=object_name("uq", table_name, "span_state")),
+        Index(object_name("ix", table_name, "app_date"), "application_name", "create_date_only"),
+        Index(object_name("ix", table_name, "trace"), "trace_identifier"),
+        Index(
+            object_name("ix", table_name, "app_state_date"),
+            "application_name",
+            "state_job",
+            "create_date",
+        ),
     ]
 
 

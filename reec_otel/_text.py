@@ -9,6 +9,7 @@ database: no NUL characters (PostgreSQL refuses them), no lone surrogates
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from typing import Any, Final
 
@@ -85,21 +86,69 @@ def inner_exception(exc: BaseException) -> BaseException | None:
 
 
 def to_json(value: Any, limit: int = MAX_DATA_CHARS) -> str:
-    """Serialise job data to JSON; values JSON does not know become strings.
+    """Serialise job data to strict JSON; what JSON does not know becomes text.
 
-    A document longer than *limit* is replaced by a JSON object holding the cut
-    text, so that the stored value is always valid JSON.
+    Non-finite numbers become the strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``; keys become text. Data that cannot be serialised at all
+    (nesting too deep) is replaced by an object saying why. A document longer
+    than *limit* is replaced by a JSON object holding the cut text, so that the
+    stored value is always valid JSON of at most *limit* characters.
     """
     try:
-        text = json.dumps(value, default=_json_default, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:  # circular references, bad keys
-        text = json.dumps({"unserialisable": safe_str(exc, MAX_MESSAGE_CHARS)})
+        text = _dumps(value)
+    except (TypeError, ValueError):
+        # Non-finite numbers, keys JSON refuses, or a cycle: normalise, then retry.
+        try:
+            text = _dumps(_normalised(value, _MAX_DEPTH))
+        except Exception as exc:
+            text = _dumps({"unserialisable": safe_str(exc, MAX_MESSAGE_CHARS)})
+    except Exception as exc:  # nesting deeper than the interpreter's recursion limit
+        text = _dumps({"unserialisable": safe_str(exc, MAX_MESSAGE_CHARS)})
     # Lone surrogates survive json.dumps; no database accepts them in JSON.
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")
     if len(text) <= limit:
         return text
-    return json.dumps({"truncated": clean(text, limit - 64)}, ensure_ascii=False)
+    return _truncated_document(text, limit)
+
+
+_MAX_DEPTH: Final = 200
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
+
+
+def _normalised(value: Any, depth: int) -> Any:
+    """A copy of *value* that strict JSON accepts: finite numbers, text keys."""
+    if depth <= 0:
+        raise ValueError(f"job data is nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {_key(k): _normalised(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalised(item, depth - 1) for item in value]
+    return value
+
+
+def _key(key: object) -> str | int | float | bool | None:
+    if key is None or isinstance(key, str | int | bool):
+        return key
+    if isinstance(key, float):
+        return key if math.isfinite(key) else str(key)
+    return safe_str(key, MAX_NAME_CHARS)
+
+
+def _truncated_document(text: str, limit: int) -> str:
+    # Escaping inside the wrapper can lengthen the cut text (quotes double), so
+    # shrink the cut until the whole document fits.
+    keep = limit - 32
+    while True:
+        document = _dumps({"truncated": clean(text, max(keep, 0))})
+        if len(document) <= limit or keep <= 0:
+            return document
+        keep = keep * limit // len(document) - 16
 
 
 def _json_default(value: object) -> str:

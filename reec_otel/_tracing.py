@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, create_key, get_value, set_value
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind
@@ -21,16 +21,37 @@ from reec_otel._version import __version__
 
 INSTRUMENTATION_NAME = "reec_otel"
 
+_CONTINUED_KEY = create_key("reec_otel.continued_trace")
+
 _lock = threading.Lock()
 _installed: trace.Tracer | None = None
+# The global provider's tracer, remembered for as long as that provider is global.
+_global: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
 def job_tracer() -> trace.Tracer:
-    """The tracer for job spans: the configured one, else the global provider's."""
+    """The tracer for job spans: the configured one, else the global provider's.
+
+    The global provider's tracer keeps job spans too, so that a
+    LogJobSpanProcessor added to it without configure() loses no failure.
+    """
+    global _global
     tracer = _installed
-    if tracer is None:
-        return trace.get_tracer(INSTRUMENTATION_NAME, __version__)
+    if tracer is not None:
+        return tracer
+    provider = trace.get_tracer_provider()
+    cached = _global
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+    keep_job_spans(tracer)
+    _global = (provider, tracer)
     return tracer
+
+
+def mark_continued(context: Context) -> Context:
+    """Mark *context* as holding a trace continued from an identifier alone."""
+    return set_value(_CONTINUED_KEY, True, context)
 
 
 def install(tracer: trace.Tracer | None) -> None:
@@ -61,6 +82,10 @@ class JobRecordingSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: trace.TraceState | None = None,
     ) -> SamplingResult:
+        if parent_context is not None and get_value(_CONTINUED_KEY, parent_context):
+            # A trace continued from an identifier carries no sampling
+            # decision: decide as for a new trace with that id.
+            parent_context = None
         # Positional, as the SDK's tracer calls samplers: older samplers take
         # no trace_state.
         result = self.delegate.should_sample(

@@ -12,11 +12,13 @@ begins, so that Enqueued and Processing carry their own instants.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import functools
 import inspect
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,13 +26,13 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkabl
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from reec_otel import _attributes as attrs
-from reec_otel import _text
+from reec_otel import _sanitize, _text
 from reec_otel._attributes import StateJob
-from reec_otel._tracing import job_tracer
+from reec_otel._tracing import job_tracer, mark_continued
 
 __all__ = ["IWorker", "JobContext", "JobResult", "Worker", "job"]
 
@@ -89,6 +91,8 @@ class IWorker(Protocol):
 
     name_job: str
     is_light_execution: bool
+    run_function: RunFunction | None
+    run_function_exception: ExceptionFunction | None
 
     def execute(self) -> JobResult: ...
 
@@ -134,6 +138,9 @@ class Worker:
         self.create_user = create_user
         self.delay_seconds = _delay_seconds(delay)
         self.trace_identifier = trace_identifier
+        # A worker made inside a request belongs to that request even when it
+        # runs later on a thread without one.
+        self._origin = _context_with_span()
         if run_function is not None:
             self.run_function = run_function
         if run_function_exception is not None:
@@ -162,7 +169,28 @@ class Worker:
         run, handler = self._functions()
         if _is_async(run) or _is_async(handler):
             _refuse_inside_running_loop(self.name_job)
-        run_ = self._begin()
+        return self._execute_begun(self._begin(deferred=False), run, handler)
+
+    def submit(self, executor: concurrent.futures.Executor) -> concurrent.futures.Future[JobResult]:
+        """Hand the job to *executor* (a thread pool); return the future of its result.
+
+        The run is Enqueued now, on this thread, and Processing when the
+        executor starts it, so a job waiting in a busy pool shows as such.
+        """
+        run, handler = self._functions()
+        run_ = self._begin(deferred=True)
+        try:
+            return executor.submit(self._execute_begun, run_, run, handler)
+        except BaseException as exc:
+            run_.activate()
+            run_.abort(exc)
+            run_.close()
+            raise
+
+    def _execute_begun(
+        self, run_: _Run, run: RunFunction, handler: ExceptionFunction | None
+    ) -> JobResult:
+        run_.activate()
         try:
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)
@@ -187,7 +215,8 @@ class Worker:
     async def execute_async(self) -> JobResult:
         """Run the job in the running event loop; plain functions run inline."""
         run, handler = self._functions()
-        run_ = self._begin()
+        run_ = self._begin(deferred=False)
+        run_.activate()
         try:
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
@@ -218,11 +247,15 @@ class Worker:
             raise TypeError(f"run_function_exception of {self.name_job!r} is not callable.")
         return run, handler
 
-    def _begin(self) -> _Run:
+    def _begin(self, *, deferred: bool) -> _Run:
+        # The parent: an explicit trace first, else the span current here,
+        # else the request the worker was made in.
         parent = None
         if self._trace_id is not None:
             parent = _continued_trace(self._trace_id)
-        return _Run(self, parent)
+        elif self._origin is not None and not _current_span_is_valid():
+            parent = self._origin
+        return _Run(self, parent, deferred=deferred or bool(self.delay_seconds))
 
 
 class _Run:
@@ -239,16 +272,19 @@ class _Run:
         "span",
     )
 
-    def __init__(self, worker: Worker, parent: otel_context.Context | None) -> None:
+    def __init__(
+        self, worker: Worker, parent: otel_context.Context | None, *, deferred: bool
+    ) -> None:
         tracer = job_tracer()
         self.light = worker.is_light_execution
-        self.deferred = bool(worker.delay_seconds)
+        self.deferred = deferred
         start: dict[str, AttributeValue] = {attrs.NAME: worker.name_job, attrs.LIGHT: self.light}
         if worker.create_user is not None:
-            start[attrs.CREATE_USER] = _text.safe_str(worker.create_user, _text.MAX_NAME_CHARS)
+            start[attrs.CREATE_USER] = _scrubbed(worker.create_user, _text.MAX_NAME_CHARS)
         if self.deferred:
             start[attrs.DEFERRED] = True
-            start[attrs.DELAY_MS] = worker.delay_seconds * 1000.0
+            if worker.delay_seconds:
+                start[attrs.DELAY_MS] = worker.delay_seconds * 1000.0
         span = tracer.start_span(worker.name_job, context=parent, attributes=start)
         span_context = span.get_span_context()
         if not span_context.is_valid:
@@ -265,8 +301,13 @@ class _Run:
         )
         self._processing: trace.Span | None = None
         self._processing_token: object | None = None
-        self._token = otel_context.attach(trace.set_span_in_context(span))
-        self._started_ns = time.perf_counter_ns()
+        self._token: object | None = None
+        # Unset until processing starts: a run ended during its delay took no time.
+        self._started_ns: int | None = None
+
+    def activate(self) -> None:
+        """Make the job span current on the thread that runs the job."""
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
     def start_processing(self) -> None:
         """Mark the end of the delay; a deferred run gets its processing span."""
@@ -279,9 +320,7 @@ class _Run:
                 attrs.PHASE: attrs.PHASE_PROCESSING,
             }
             if self.ctx.create_user is not None:
-                start[attrs.CREATE_USER] = _text.safe_str(
-                    self.ctx.create_user, _text.MAX_NAME_CHARS
-                )
+                start[attrs.CREATE_USER] = _scrubbed(self.ctx.create_user, _text.MAX_NAME_CHARS)
             name = f"{self.ctx.name_job} processing"
             self._processing = job_tracer().start_span(name, attributes=start)
             self._processing_token = otel_context.attach(
@@ -291,7 +330,7 @@ class _Run:
 
     def succeed(self, value: Any) -> JobResult:
         duration_ms = self._elapsed_ms()
-        message = None if value is None else _text.safe_str(value, _text.MAX_MESSAGE_CHARS)
+        message = None if value is None else _scrubbed(value, _text.MAX_MESSAGE_CHARS)
         end: dict[str, Any] = {
             attrs.STATE: StateJob.SUCCEEDED.value,
             attrs.DURATION_MS: duration_ms,
@@ -320,20 +359,23 @@ class _Run:
         if self._processing is not None:
             otel_context.detach(self._processing_token)  # type: ignore[arg-type]
             self._processing.end()
-        otel_context.detach(self._token)
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
         self.span.end()
 
     def _elapsed_ms(self) -> float:
+        if self._started_ns is None:
+            return 0.0
         return (time.perf_counter_ns() - self._started_ns) / 1e6
 
     def _set_failed(self, exc: BaseException, duration_ms: float) -> None:
         self._end_attributes({attrs.STATE: StateJob.FAILED.value, attrs.DURATION_MS: duration_ms})
-        description = f"{type(exc).__qualname__}: {_text.safe_str(exc, 1024)}"
+        description = f"{type(exc).__qualname__}: {_scrubbed(exc, 1024)}"
         self.span.set_status(Status(StatusCode.ERROR, description))
 
     def _end_attributes(self, end: dict[str, Any]) -> None:
         if self.ctx.data:
-            end[attrs.DATA] = _text.to_json(self.ctx.data)
+            end[attrs.DATA] = _sanitize.apply_to_json(_text.to_json(self.ctx.data))
         self.span.set_attributes(end)
 
     def _record(self, exc: BaseException, source: str, *, escaped: bool) -> None:
@@ -341,21 +383,36 @@ class _Run:
             return
         event: dict[str, Any] = {
             attrs.EXCEPTION_TYPE: _text.qualified_name(type(exc)),
-            attrs.EXCEPTION_MESSAGE: _text.safe_str(exc, _text.MAX_EXCEPTION_CHARS),
-            attrs.EXCEPTION_STACKTRACE: _text.format_traceback(exc),
+            attrs.EXCEPTION_MESSAGE: _scrubbed(exc, _text.MAX_EXCEPTION_CHARS),
+            attrs.EXCEPTION_STACKTRACE: _scrubbed_traceback(exc),
             attrs.EXCEPTION_ESCAPED: str(escaped),
             attrs.EXCEPTION_SOURCE: source,
         }
         inner = _text.inner_exception(exc)
         if inner is not None:
-            event[attrs.EXCEPTION_INNER] = _text.safe_str(inner, _text.MAX_EXCEPTION_CHARS)
+            event[attrs.EXCEPTION_INNER] = _scrubbed(inner, _text.MAX_EXCEPTION_CHARS)
         notes = getattr(exc, "__notes__", None)
-        if notes and source == attrs.SOURCE_RUN:
+        if isinstance(notes, list) and notes and source == attrs.SOURCE_RUN:
             self.ctx.data.setdefault("exception_notes", [_text.safe_str(n, 4096) for n in notes])
         self.span.add_event(attrs.EXCEPTION_EVENT, event)
 
     def _result(self, state: StateJob, **fields: Any) -> JobResult:
         return JobResult(state, self.ctx.trace_identifier, self.ctx.span_id, **fields)
+
+
+def _scrubbed(value: object, limit: int) -> str:
+    """Storable text of *value* through the installed sanitiser, cut to *limit*."""
+    text = _text.safe_str(value, limit)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), limit)
+
+
+def _scrubbed_traceback(exc: BaseException) -> str:
+    text = _text.format_traceback(exc)
+    if _sanitize.installed() is None:
+        return text
+    return _text.clean(_sanitize.apply(text), _text.MAX_STACK_TRACE_CHARS)
 
 
 def parse_trace_identifier(value: str | uuid.UUID) -> int:
@@ -364,18 +421,12 @@ def parse_trace_identifier(value: str | uuid.UUID) -> int:
     Raises ValueError for anything else, including the all-zero id, which
     OpenTelemetry reserves for "no trace".
     """
+    trace_id = 0
     if isinstance(value, uuid.UUID):
         trace_id = value.int
-    elif isinstance(value, str) and len(value) == 32 and _is_hex(value):
-        trace_id = int(value, 16)
-    elif isinstance(value, str) and len(value) == 36:
-        try:
-            trace_id = uuid.UUID(value).int
-        except ValueError:
-            trace_id = -1
-    else:
-        trace_id = -1
-    if trace_id <= 0:
+    elif isinstance(value, str) and (_HEX_ID.fullmatch(value) or _UUID.fullmatch(value)):
+        trace_id = int(value.replace("-", ""), 16)
+    if trace_id == 0:
         raise ValueError(
             "trace_identifier must be 32 hexadecimal digits or a UUID, and not all zeros; "
             f"got {value!r}."
@@ -383,24 +434,25 @@ def parse_trace_identifier(value: str | uuid.UUID) -> int:
     return trace_id
 
 
-def _is_hex(value: str) -> bool:
-    try:
-        int(value, 16)
-    except ValueError:
-        return False
-    return value.isalnum()
+_HEX_ID = re.compile(r"[0-9a-fA-F]{32}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _continued_trace(trace_id: int) -> otel_context.Context:
     # A remote parent carries the trace id; its span id stands for the caller
-    # that handed the identifier over.
-    parent = SpanContext(
-        trace_id,
-        random.getrandbits(64) or 1,
-        is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
-    return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
+    # that handed the identifier over. It carries no sampling decision: the
+    # job's sampler decides as for a new trace (see JobRecordingSampler).
+    parent = SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=True)
+    context = trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
+    return mark_continued(context)
+
+
+def _context_with_span() -> otel_context.Context | None:
+    return otel_context.get_current() if _current_span_is_valid() else None
+
+
+def _current_span_is_valid() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
 
 
 def _fresh_span_context(trace_id: int | None) -> SpanContext:
@@ -442,7 +494,16 @@ def _resolve_sync(value: Any) -> Any:
     # Most jobs return plain values; the awaitable check is an ABC lookup.
     if type(value) in _PLAIN_RESULTS or not inspect.isawaitable(value):
         return value
-    return asyncio.run(_await(value))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(value))
+    if inspect.iscoroutine(value):
+        value.close()  # never to be awaited: say so here, not in a warning later
+    raise RuntimeError(
+        "The run function returned an awaitable while an event loop is running in this "
+        "thread; await worker.execute_async() instead of calling execute()."
+    )
 
 
 async def _resolve_async(value: Any) -> Any:

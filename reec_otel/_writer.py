@@ -6,11 +6,14 @@ queue. One daemon thread takes batches from the queue and inserts each as
 multi-row statements in one transaction, idempotently on (span_id, state_job),
 with instrumentation suppressed so that its statements make no spans.
 
-When the database is unreachable, rows stay queued (up to the bound) and the
-batch is retried with backoff; a row the database rejects is set aside and
-reported, the rest of its batch is written. Rows beyond the bound are dropped,
-counted and reported. After ``os.fork()`` the child starts empty, with its
-own lock, thread and connections.
+When the database is unreachable, the batch is retried with backoff and the
+rows in memory move to a spool file (see ``_spool``), replayed oldest first
+when the database returns. Whether a failed write reached the database or not
+is asked of the database itself: when it answers a plain ``SELECT 1``, the
+batch is at fault and is written row by row, a row it refuses being set aside
+and reported; when it does not, the database is away. Rows beyond memory and
+spool are dropped, counted and reported, Failed rows last. After ``os.fork()``
+the child starts empty, with its own lock, thread, spool file and connections.
 """
 
 from __future__ import annotations
@@ -35,20 +38,16 @@ from opentelemetry import context as otel_context
 # The API's own key for "instrumentation off in this context"; the SDK's
 # exporters set it the same way.
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
-from sqlalchemy import Dialect, Table, event, inspect
+from sqlalchemy import Dialect, Table, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
-from sqlalchemy.exc import (
-    DBAPIError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-    StatementError,
-)
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._errors import ConfigurationError
+from reec_otel._sanitize import redact_url_passwords
+from reec_otel._spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +58,17 @@ DEFAULT_BATCH_ROWS: Final = 1_000
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 0.5
 DEFAULT_TIMEOUT_MILLIS: Final = 30_000
 _MAX_BACKOFF_SECONDS: Final = 5.0
+# Words of the errors SQLite, PostgreSQL and MariaDB give for lock conflicts.
+_TRANSIENT_SIGNS: Final = (
+    "database is locked",
+    "database table is locked",
+    "deadlock",
+    "lock wait timeout",
+    "could not serialize",
+    "could not obtain lock",
+)
+# The state whose rows are kept when something must be dropped.
+_PRECIOUS_STATE: Final = "Failed"
 _CONNECT_TIMEOUT_SECONDS: Final = 5
 
 
@@ -74,9 +84,11 @@ class WriterStatistics:
 
     rows_written: int
     rows_queued: int
+    rows_spooled: int
     rows_dropped: int
     rows_rejected: int
     write_failures: int
+    internal_errors: int
     last_error: str | None
 
 
@@ -127,6 +139,8 @@ class BatchWriter:
         max_queue_rows: rows held in memory at most; more are dropped and counted.
         batch_rows: rows per transaction at most.
         flush_interval_seconds: how long a row may wait for its batch to fill.
+        spool: where rows wait on disk while the database is away; None keeps
+            them in memory only.
     """
 
     def __init__(
@@ -137,6 +151,7 @@ class BatchWriter:
         max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
+        spool: Spool | None = None,
     ) -> None:
         _require_positive("max_queue_rows", max_queue_rows)
         _require_positive("batch_rows", batch_rows)
@@ -146,6 +161,9 @@ class BatchWriter:
         self.max_queue_rows = max_queue_rows
         self.batch_rows = batch_rows
         self.flush_interval_seconds = flush_interval_seconds
+        self.spool = spool
+        # Past this many rows in memory the writer moves them to the spool.
+        self._spill_at = max(max_queue_rows // 2, 1)
         self._insert = _idempotent_insert(table, engine.dialect.name)
         self._prepared = _PreparedInserts(self._insert, table, engine.dialect)
         self._warnings = RateLimitedLog(logger)
@@ -157,44 +175,51 @@ class BatchWriter:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Row] = deque()
+        self._queued_precious = 0  # Failed rows in the queue
+        self._in_flight: list[Row] = []  # rows out of the queue, not yet written or spooled
         self._thread: threading.Thread | None = None
-        self._accepted = 0  # rows ever queued
-        self._settled = 0  # rows that left the queue for good: written or rejected
+        self._accepted = 0  # rows ever queued (or adopted from an ended process's spool)
+        self._settled = 0  # rows that left for good: written, rejected or dropped
         self._written = 0
         self._dropped = 0
         self._rejected = 0
         self._failures = 0
+        self._internal_errors = 0
         self._last_error: str | None = None
         self._flush_waiters = 0
+        self._outage = False
         self._stopping = False
+        self._abandoned = False  # shutdown's deadline passed while the thread was busy
+        self._exited = False  # the thread has left its loop
         self._stop_deadline = float("inf")
         self._table_ready = False
 
     # -- called by applications' threads ------------------------------------
 
     def submit(self, row: Row) -> bool:
-        """Queue one row; never blocks on I/O. False if the row was dropped."""
+        """Queue one row; never blocks on I/O. False if the row was dropped.
+
+        When memory is full a Failed row takes the place of the newest other
+        row, which is dropped instead.
+        """
         with self._lock:
-            if self._stopping or len(self._queue) >= self.max_queue_rows:
-                self._dropped += 1
-                reason = "is shut down" if self._stopping else "queue is full"
-                dropped = self._dropped
+            dropped_before = self._dropped
+            accepted = not self._stopping and self._make_room(row)
+            if accepted:
+                self._append(row)
             else:
-                self._queue.append(row)
-                self._accepted += 1
-                if self._thread is None:
-                    self._start_thread()
-                if len(self._queue) in (1, self.batch_rows):
-                    self._wake.notify()
-                return True
-        self._warnings.log(
-            logging.WARNING,
-            "drop",
-            "LogJob writer %s: a row was dropped (%d dropped in all).",
-            reason,
-            dropped,
-        )
-        return False
+                self._dropped += 1
+            lost, dropped = self._dropped - dropped_before, self._dropped
+            reason = "is shut down" if self._stopping else "memory and spool are full"
+        if lost:
+            self._warnings.log(
+                logging.WARNING,
+                "drop",
+                "LogJob writer %s: rows are being dropped, Failed rows last (%d dropped in all).",
+                reason,
+                dropped,
+            )
+        return accepted
 
     def force_flush(self, timeout_millis: int = DEFAULT_TIMEOUT_MILLIS) -> bool:
         """Write every row queued before this call; True if done in time."""
@@ -219,12 +244,14 @@ class BatchWriter:
         """Write what is queued, stop the thread, close connections.
 
         Idempotent. Returns True when everything queued was written within the
-        deadline; rows still queued at the deadline are counted as dropped.
+        deadline. Rows still unwritten at the deadline go to the spool file,
+        where the next writer on the same spool directory finds them; without
+        a spool (or room in it) they are counted as dropped.
         """
         deadline = time.monotonic() + timeout_millis / 1000
         with self._lock:
             if self.state is WriterState.SHUT_DOWN:
-                return not self._queue
+                return self._settled >= self._accepted
             self.state = WriterState.SHUT_DOWN
             self._stopping = True
             self._stop_deadline = deadline
@@ -233,28 +260,84 @@ class BatchWriter:
         if thread is not None:
             thread.join(max(deadline - time.monotonic(), 0))
         with self._lock:
-            finished = (thread is None or not thread.is_alive()) and not self._queue
-            unwritten = len(self._queue)
-        if unwritten:
-            logger.warning(
-                "LogJob writer shut down with %d rows unwritten (database unreachable?).",
-                unwritten,
-            )
-        if thread is None or not thread.is_alive():
+            # Decided under the lock the thread takes as it exits, so that
+            # exactly one of the two closes the connections.
+            alive = thread is not None and not self._exited
+            self._abandoned = alive
+            leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
+            self._queue.clear()
+            self._queued_precious = 0
+        kept = self.spool.append(leftover) if self.spool is not None and leftover else 0
+        spooled = self.spool.pending if self.spool is not None else 0
+        with self._lock:
+            self._dropped += len(leftover) - kept
+            self._settled += len(leftover) - kept
+            finished = not alive and not leftover and not spooled
+        self._report_unwritten(len(leftover) - kept, spooled)
+        if self.spool is not None:
+            self.spool.close()
+        if not alive:
             self.engine.dispose()
         return finished
 
     def statistics(self) -> WriterStatistics:
+        spooled = self.spool.pending if self.spool is not None else 0
         with self._lock:
             return WriterStatistics(
                 rows_written=self._written,
-                # Queued or being written: accepted and not yet settled.
+                # Accepted and not yet settled: in memory, being written, or spooled.
                 rows_queued=self._accepted - self._settled,
+                rows_spooled=spooled,
                 rows_dropped=self._dropped,
                 rows_rejected=self._rejected,
                 write_failures=self._failures,
+                internal_errors=self._internal_errors,
                 last_error=self._last_error,
             )
+
+    # -- the queue (callers hold the lock) -----------------------------------
+
+    def _make_room(self, row: Row) -> bool:
+        # The batch being written counts too: it is still held in memory. Only
+        # a Failed row may use the room that batch holds, so memory stays
+        # within the bound plus one batch.
+        if len(self._queue) + len(self._in_flight) < self.max_queue_rows:
+            return True
+        if not _is_precious(row):
+            return False
+        if len(self._queue) < self.max_queue_rows:
+            return True
+        if self._queued_precious >= len(self._queue):
+            return False
+        # The newest other row gives way: older rows keep their order.
+        for index in range(len(self._queue) - 1, -1, -1):
+            if not _is_precious(self._queue[index]):
+                del self._queue[index]
+                self._dropped += 1
+                self._settled += 1
+                return True
+        return False  # pragma: no cover - the count above says one exists
+
+    def _append(self, row: Row) -> None:
+        self._queue.append(row)
+        self._accepted += 1
+        self._queued_precious += _is_precious(row)
+        if self._thread is None:
+            self._start_thread()
+        if len(self._queue) in (1, self.batch_rows, self._spill_at):
+            self._wake.notify()
+
+    def _take(self, count: int) -> list[Row]:
+        rows = [self._queue.popleft() for _ in range(count)]
+        self._queued_precious -= sum(map(_is_precious, rows))
+        return rows
+
+    def _put_back(self, rows: Sequence[Row]) -> None:
+        self._queue.extendleft(reversed(rows))
+        self._queued_precious += sum(map(_is_precious, rows))
+
+    def _spooled(self) -> int:
+        return self.spool.pending if self.spool is not None else 0
 
     # -- the writer's thread -------------------------------------------------
 
@@ -264,37 +347,62 @@ class BatchWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._run_until_stopped()
+        finally:
+            with self._lock:
+                self._exited = True
+                abandoned = self._abandoned
+            if abandoned:
+                # shutdown() returned before this thread finished: close here.
+                self.engine.dispose()
+
+    def _run_until_stopped(self) -> None:
         # The writer's own statements must not become spans (or rows).
         otel_context.attach(otel_context.set_value(_SUPPRESS_KEY, True))
+        self._adopt_orphans()
         backoff = 0.0
         while True:
-            batch = self._next_batch(backoff)
-            if batch is None:
-                return
-            remaining = self._write(batch)
-            if not remaining:
-                backoff = 0.0
-                continue
-            backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
-            with self._lock:
-                self._queue.extendleft(reversed(remaining))
-
-    def _next_batch(self, backoff: float) -> list[Row] | None:
-        with self._lock:
             if backoff:
-                self._wake.wait(backoff)
+                self._wait_out(backoff)
+            elif len(self._queue) >= self._spill_at:
+                self._spill()
+            taken = self._next_batch()
+            if taken is None:
+                return
+            batch, from_memory = taken
+            done = self._write_safely(batch)
+            if not self._finish(batch, from_memory, done):
+                return
+            if done == len(batch):
+                backoff, self._outage = 0.0, False
+            else:
+                backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
+                self._outage = True
+
+    def _next_batch(self) -> tuple[list[Row], bool] | None:
+        """The next rows to write, and whether they came from memory (else the spool)."""
+        with self._lock:
             waited_since = time.monotonic()
             while True:
-                if self._stopping and (not self._queue or time.monotonic() >= self._stop_deadline):
+                spooled = self._spooled()
+                if self._stopping and (
+                    not (self._queue or spooled) or time.monotonic() >= self._stop_deadline
+                ):
                     return None
-                if self._queue and self._batch_due(waited_since):
+                if spooled or (self._queue and self._batch_due(waited_since)):
                     break
                 timeout = None
                 if self._queue:
                     timeout = self.flush_interval_seconds - (time.monotonic() - waited_since)
                 self._wake.wait(timeout)
-            take = min(self.batch_rows, len(self._queue))
-            return [self._queue.popleft() for _ in range(take)]
+            if not spooled:
+                self._in_flight = self._take(min(self.batch_rows, len(self._queue)))
+                return self._in_flight, True
+        assert self.spool is not None
+        rows = self.spool.peek(self.batch_rows)
+        self._count_lost(self.spool.take_lost())
+        return rows, False
 
     def _batch_due(self, waited_since: float) -> bool:
         return (
@@ -304,36 +412,121 @@ class BatchWriter:
             or time.monotonic() - waited_since >= self.flush_interval_seconds
         )
 
-    def _write(self, batch: list[Row]) -> list[Row]:
-        """Insert *batch*; returns the rows to try again later (the database is away)."""
+    def _finish(self, batch: list[Row], from_memory: bool, done: int) -> bool:
+        """Return the unwritten rest of a batch to where it came from; False: stop."""
+        with self._lock:
+            self._in_flight = []
+            if self._abandoned:
+                return False
+            if from_memory:
+                self._put_back(batch[done:])
+        if not from_memory and self.spool is not None:
+            self.spool.consume(done)
+        return True
+
+    def _wait_out(self, backoff: float) -> None:
+        """Wait before retrying, moving arriving rows to the spool meanwhile."""
+        end = time.monotonic() + backoff
+        while True:
+            self._spill()
+            with self._lock:
+                # Shutting down, the wait ends at the deadline at the latest.
+                remaining = min(end, self._stop_deadline) - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._wake.wait(remaining)
+
+    def _spill(self) -> None:
+        """Move the rows in memory to the spool file, keeping their order."""
+        if self.spool is None:
+            return
+        with self._lock:
+            if not self._queue or self._abandoned:
+                return
+            rows = self._in_flight = self._take(len(self._queue))
+        try:
+            stored = self.spool.append(rows)
+        except Exception:
+            self._internal_error("spooling rows")
+            stored = 0
+        with self._lock:
+            self._in_flight = []
+            self._put_back(rows[stored:])
+        if stored:
+            logger.debug("LogJob writer moved %d rows to its spool file.", stored)
+
+    def _adopt_orphans(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            found = self.spool.adopt_orphans()
+        except Exception:
+            self._internal_error("reading spool files")
+            return
+        with self._lock:
+            self._accepted += found
+
+    def _count_lost(self, lost: int) -> None:
+        if not lost:
+            return
+        with self._lock:
+            self._dropped += lost
+            self._settled += lost
+            self._wake.notify_all()
+
+    def _write_safely(self, batch: list[Row]) -> int:
+        if not batch:
+            return 0
+        try:
+            return self._write(batch)
+        except Exception:
+            # A fault of this package must not end the thread that writes rows.
+            self._internal_error("writing a batch")
+            return 0
+
+    def _write(self, batch: list[Row]) -> int:
+        """Insert *batch*; return how many rows, from the front, are settled.
+
+        Fewer than all means "try the rest again later": the database is away.
+        """
         try:
             self._ensure_table()
             with self.engine.begin() as connection:
                 self._insert_rows(connection, batch)
-        except Exception as exc:  # the writer's thread must not die
-            if _is_outage(exc):
+        except Exception as exc:
+            if not self._table_ready or _is_transient(exc) or not self._reachable():
                 self._note_failure(exc, len(batch))
-                return batch
-            # Something in the batch is refused: find out which rows, one by one.
+                return 0
+            # The database answers, so something in the batch is refused:
+            # find out which rows, one by one.
             return self._write_one_by_one(batch)
         self._settle(len(batch), rejected=0)
         logger.debug("LogJob writer wrote %d rows.", len(batch))
-        return []
+        return len(batch)
 
-    def _write_one_by_one(self, batch: list[Row]) -> list[Row]:
+    def _write_one_by_one(self, batch: list[Row]) -> int:
         for index, row in enumerate(batch):
             try:
                 with self.engine.begin() as connection:
                     self._insert_rows(connection, [row])
             except Exception as exc:
-                if _is_outage(exc):
+                if _is_transient(exc) or not self._reachable():
                     self._note_failure(exc, len(batch) - index)
-                    return batch[index:]
+                    return index
                 self._reject(row, exc)
                 self._settle(0, rejected=1)
             else:
                 self._settle(1, rejected=0)
-        return []
+        return len(batch)
+
+    def _reachable(self) -> bool:
+        """Whether the database answers at all, on a fresh connection."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
         prepared = self._prepared.get(rows)
@@ -360,7 +553,7 @@ class BatchWriter:
             self._settled += written + rejected
             self._wake.notify_all()
 
-    def _note_failure(self, exc: Exception, waiting: int) -> None:
+    def _note_failure(self, exc: BaseException, waiting: int) -> None:
         self._table_ready = False
         message = _describe(exc)
         with self._lock:
@@ -369,12 +562,12 @@ class BatchWriter:
         self._warnings.log(
             logging.WARNING,
             "unreachable",
-            "LogJob writer cannot reach the database; %d rows wait and will be retried: %s",
+            "LogJob writer cannot write to the database; %d rows wait and will be retried: %s",
             waiting,
             message,
         )
 
-    def _reject(self, row: Row, exc: Exception) -> None:
+    def _reject(self, row: Row, exc: BaseException) -> None:
         message = _describe(exc)
         with self._lock:
             self._last_error = message
@@ -387,11 +580,41 @@ class BatchWriter:
             message,
         )
 
+    def _internal_error(self, doing: str) -> None:
+        with self._lock:
+            self._internal_errors += 1
+            count = self._internal_errors
+        self._warnings.log(
+            logging.ERROR,
+            "internal",
+            "LogJob writer failed while %s (%d internal errors so far).",
+            doing,
+            count,
+            exc_info=True,
+        )
+
+    def _report_unwritten(self, dropped: int, spooled: int) -> None:
+        if dropped:
+            logger.warning(
+                "LogJob writer shut down with %d rows unwritten and nowhere to keep them.",
+                dropped,
+            )
+        if spooled:
+            assert self.spool is not None
+            logger.warning(
+                "LogJob writer shut down with %d rows in its spool directory %s; the next "
+                "writer using that directory writes them.",
+                spooled,
+                self.spool.directory,
+            )
+
     def _after_fork_in_child(self) -> None:
-        # The parent's queued rows are the parent's to write; its lock may have
-        # been held at the fork and its pooled connections are not ours.
+        # The parent's queued and spooled rows are the parent's to write; its
+        # lock may have been held at the fork and its pooled connections are not ours.
         self._reset_runtime_state()
         self.engine.dispose(close=False)
+        if self.spool is not None:
+            self.spool.forget_after_fork()
         if self.state is WriterState.RUNNING:
             self.state = WriterState.CREATED
 
@@ -574,19 +797,24 @@ def _rows_per_statement(dialect: str, columns: int) -> int:
     return max(1, min(limit // columns, 1_000))
 
 
-def _is_outage(exc: Exception) -> bool:
-    """Whether *exc* means "the database is away" rather than "this row is refused"."""
-    return isinstance(exc, OperationalError | InterfaceError) or not isinstance(
-        exc, SQLAlchemyError
-    )
+def _is_precious(row: Row) -> bool:
+    return row.get("state_job") == _PRECIOUS_STATE
 
 
-def _describe(exc: Exception) -> str:
+def _is_transient(exc: BaseException) -> bool:
+    """A lock timeout, deadlock or serialisation failure: the same rows will pass later."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    message = str(exc.orig).lower()
+    return any(sign in message for sign in _TRANSIENT_SIGNS)
+
+
+def _describe(exc: BaseException) -> str:
     # The driver's message, without SQLAlchemy's statement and parameter dump,
-    # which may hold job data.
-    original = exc.orig if isinstance(exc, DBAPIError) else exc
-    text = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {text[0] if text else ''}"[:500]
+    # which may hold job data, and without any password a URL in it may hold.
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(original).strip().splitlines()
+    return redact_url_passwords(f"{type(original).__name__}: {lines[0] if lines else ''}")[:500]
 
 
 def _require_positive(name: str, value: float) -> None:

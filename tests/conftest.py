@@ -159,8 +159,13 @@ def configured(backend: Backend, tracing: Tracing) -> Iterator[reec_otel.ReecOte
 
 
 @pytest.fixture(autouse=True)
-def _no_reec_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests start without REEC_* and OTEL_* variables of the developer's shell."""
+def _no_reec_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests start without REEC_* and OTEL_* variables of the developer's shell.
+
+    Spool files of writers left at their default place go to the test's own
+    directory, not to the user's state directory.
+    """
     for name in list(os.environ):
         if name.startswith(("REEC_", "OTEL_")) and not name.startswith("REEC_TEST_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

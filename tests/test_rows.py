@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import threading
 import time
@@ -259,3 +260,24 @@ def test_every_row_of_concurrent_runs_is_written_once(configured, backend):
     assert len({(r["span_id"], r["state_job"]) for r in rows}) == len(rows)
     assert configured.statistics().rows_written == len(rows)
     assert StateJob.SUCCEEDED.value in states(rows)
+
+
+def test_a_job_submitted_to_a_busy_pool_is_enqueued_at_once_and_processing_when_it_starts(
+    configured, backend
+):
+    release = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(release.wait, 10)  # keeps the only thread busy
+        future = Worker("queued", run_function=lambda ctx: "done").submit(pool)
+        configured.force_flush(10_000)
+        waiting = states(backend.rows())
+        release.set()
+        result = future.result(10)
+    configured.force_flush(10_000)
+
+    rows = backend.rows()
+    assert waiting == ["Enqueued"]
+    assert states(rows) == ["Enqueued", "Processing", "Succeeded"]
+    assert {r["span_id"] for r in rows} == {result.span_id}
+    assert rows[1]["create_date"] > rows[0]["create_date"]
+    assert result.message == "done"

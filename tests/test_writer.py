@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import socket
 import threading
 import time
-import uuid
 
 import pytest
 from opentelemetry import context as otel_context
@@ -17,29 +15,7 @@ from sqlalchemy import event
 import reec_otel
 from reec_otel import Worker, log_job_table
 from reec_otel._writer import BatchWriter, create_database_engine
-
-
-def make_row(state="Succeeded", span_id=None, **overrides):
-    now = dt.datetime.now(dt.UTC)
-    row = {
-        "application_name": "tests",
-        "name_job": "direct",
-        "state_job": state,
-        "trace_identifier": uuid.uuid4().hex,
-        "span_id": span_id or uuid.uuid4().hex[:16],
-        "duration_ms": 1.5,
-        "exception_type": None,
-        "exception": None,
-        "inner_exception": None,
-        "stack_trace": None,
-        "data": None,
-        "message": "m",
-        "create_user": None,
-        "create_date": now,
-        "create_date_only": now.date(),
-    }
-    row.update(overrides)
-    return row
+from tests.row_factory import make_row
 
 
 @pytest.fixture

@@ -1,0 +1,353 @@
+"""The spool: rows that wait on local disk while the database is away.
+
+The writer keeps rows in memory first; during an outage, or when memory fills,
+it moves them here, and replays them, oldest first, when the database returns.
+Rows are JSON lines. Every process writes a file of its own,
+``<pid>-<random>.spool``, holding an exclusive ``flock`` on it for as long as it
+owns it, so that processes sharing a directory never read each other's rows.
+A file whose lock can be taken belongs to a process that ended before its rows
+were written: the next writer on that directory adopts it and replays it before
+its own rows. Replaying a row twice is harmless, because the insert is
+idempotent on (span_id, state_job); a row is never lost to a crash once it is
+in a spool file.
+
+Everything here runs on the writer's thread (or in ``shutdown``), never on an
+application's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+from reec_otel._diagnostics import RateLimitedLog
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+
+DEFAULT_SPOOL_MAX_BYTES: Final = 64 * 1024 * 1024
+SUFFIX: Final = ".spool"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def default_spool_directory(url_text: str, table: str, application_name: str | None) -> Path:
+    """The per-user directory for one application's rows of one table of one database.
+
+    ``$XDG_STATE_HOME/reec_otel/spool`` (else ``~/.local/state/...``), else the
+    temporary directory when there is no home. The last part names the
+    application and table and carries a hash of the database URL, given here
+    with its password already hidden.
+    """
+    digest = hashlib.sha256(url_text.encode()).hexdigest()[:12]
+    leaf = _UNSAFE.sub("_", f"{application_name or 'default'}-{table}-{digest}")[:120]
+    state = os.environ.get("XDG_STATE_HOME")
+    try:
+        base = Path(state) if state else Path.home() / ".local" / "state"
+    except RuntimeError:  # no home directory
+        base = Path(tempfile.gettempdir()) / f"reec_otel-{os.getuid()}"
+    return base / "reec_otel" / "spool" / leaf
+
+
+@dataclasses.dataclass
+class _Segment:
+    """One spool file being read: an adopted orphan, or this process's own file."""
+
+    path: Path
+    handle: IO[bytes]
+    offset: int  # where the next unread row starts
+    pending: int  # rows not yet consumed
+
+
+class Spool:
+    """Rows on disk, in order, bounded by *max_bytes* for this process's own file.
+
+    Thread-safe; every method may do file I/O. Errors of the file system are
+    logged, never raised: a spool that cannot write simply takes no rows.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._own: _Segment | None = None
+        self._own_size = 0
+        self._closed = False
+        self._peeked: list[int] = []  # end offset of each row returned by the last peek
+        self._lost = 0  # damaged rows skipped since take_lost()
+        self._warnings = RateLimitedLog(logger)
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting in the spool, adopted files included."""
+        return sum(s.pending for s in self._segments)
+
+    def append(self, rows: Sequence[Row]) -> int:
+        """Append rows in order; return how many fit under the byte cap."""
+        with self._lock:
+            if self._closed or not rows:
+                return 0
+            try:
+                own = self._own_segment()
+            except OSError as exc:
+                self._warnings.log(
+                    logging.WARNING,
+                    "directory",
+                    "LogJob spool directory %s is not usable: %s",
+                    self.directory,
+                    exc,
+                )
+                return 0
+            lines = []
+            size = self._own_size
+            for row in rows:
+                try:
+                    line = _encode(row)
+                except (TypeError, ValueError):
+                    break
+                if size + len(line) > self.max_bytes:
+                    break
+                lines.append(line)
+                size += len(line)
+            if not lines:
+                return 0
+            try:
+                own.handle.seek(self._own_size)
+                own.handle.write(b"".join(lines))
+                own.handle.flush()
+                os.fsync(own.handle.fileno())
+            except OSError as exc:
+                self._warnings.log(
+                    logging.WARNING,
+                    "write",
+                    "LogJob spool file %s could not be written: %s",
+                    own.path,
+                    exc,
+                )
+                _truncate(own.handle, self._own_size)
+                return 0
+            self._own_size = size
+            own.pending += len(lines)
+            return len(lines)
+
+    def peek(self, count: int) -> list[Row]:
+        """The next rows, oldest first, left in the spool until :meth:`consume`."""
+        with self._lock:
+            self._peeked = []
+            if self._closed:
+                return []
+            while self._segments and self._segments[0].pending == 0:
+                if not self._retire(self._segments[0]):
+                    break
+            if not self._segments or self._segments[0].pending == 0:
+                return []
+            segment = self._segments[0]
+            rows: list[Row] = []
+            segment.handle.seek(segment.offset)
+            while len(rows) < count and segment.pending:
+                line = segment.handle.readline()
+                row = _decode(line)
+                if row is None:
+                    if rows:
+                        break  # the next peek starts at it and skips it
+                    self._skip_damaged(segment)
+                    continue
+                rows.append(row)
+                self._peeked.append(segment.handle.tell())
+            return rows
+
+    def take_lost(self) -> int:
+        """How many damaged rows were skipped since the last call."""
+        with self._lock:
+            lost, self._lost = self._lost, 0
+            return lost
+
+    def consume(self, count: int) -> None:
+        """Drop the first *count* rows of the last :meth:`peek`: they are written."""
+        with self._lock:
+            if self._closed or count <= 0 or not self._segments:
+                return
+            segment = self._segments[0]
+            segment.offset = self._peeked[count - 1]
+            segment.pending -= count
+            self._peeked = self._peeked[count:]
+            if segment.pending == 0:
+                self._retire(segment)
+
+    def _skip_damaged(self, segment: _Segment) -> None:
+        logger.warning("LogJob spool file %s holds an unreadable row; it is skipped.", segment.path)
+        segment.offset = segment.handle.tell()
+        segment.pending -= 1
+        self._lost += 1
+
+    def adopt_orphans(self) -> int:
+        """Take over spool files no living process holds; return their rows."""
+        if fcntl is None:
+            # TODO: adopt orphaned spool files where fcntl is missing (Windows), with msvcrt locks.
+            return 0
+        with self._lock:
+            if self._closed or not self.directory.is_dir():
+                return 0
+            mine = {s.path for s in self._segments}
+            found = 0
+            for path in sorted(self.directory.glob(f"*{SUFFIX}"), key=_age):
+                if path in mine:
+                    continue
+                segment = _open_orphan(path)
+                if segment is None:
+                    continue
+                found += segment.pending
+                # Orphans are older than anything of ours: they are read first.
+                position = len(self._segments) - (1 if self._own is not None else 0)
+                self._segments.insert(position, segment)
+            if found:
+                logger.info("LogJob spool: replaying %d rows left by ended processes.", found)
+            return found
+
+    def close(self) -> None:
+        """Release the files; rows still pending stay on disk for the next writer."""
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                if segment.pending == 0:
+                    # Unlinked while still locked: no other writer adopts an empty file.
+                    with contextlib.suppress(OSError):
+                        segment.path.unlink()
+                _close_quietly(segment.handle)
+            self._segments = []
+            self._own = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's files without touching them."""
+        self._lock = threading.Lock()
+        for segment in self._segments:
+            # Closing our copy leaves the parent's lock and file as they are.
+            _close_quietly(segment.handle)
+        self._segments = []
+        self._own = None
+        self._own_size = 0
+        self._peeked = []
+
+    # -- internals -------------------------------------------------------------
+
+    def _own_segment(self) -> _Segment:
+        if self._own is not None:
+            return self._own
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        # Locked under a name orphan adoption ignores, then renamed: no other
+        # process can take it in between.
+        temporary = self.directory / f"{name}.tmp"
+        handle = open(temporary, "w+b")  # noqa: SIM115 - kept open while owned
+        os.chmod(temporary, 0o600)
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = temporary.with_suffix(SUFFIX)
+        os.replace(temporary, path)
+        self._own = _Segment(path, handle, 0, 0)
+        self._own_size = 0
+        self._segments.append(self._own)
+        return self._own
+
+    def _retire(self, segment: _Segment) -> bool:
+        """A fully read segment: delete an orphan; empty our own. False: keep reading it."""
+        if segment is self._own:
+            if segment.offset < self._own_size:
+                return False
+            _truncate(segment.handle, 0)
+            segment.offset = 0
+            self._own_size = 0
+            return False
+        self._segments.remove(segment)
+        with contextlib.suppress(OSError):
+            segment.path.unlink()
+        _close_quietly(segment.handle)
+        return True
+
+
+def _open_orphan(path: Path) -> _Segment | None:
+    try:
+        handle = open(path, "r+b")  # noqa: SIM115 - kept open while adopted
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()  # its process is alive, or another writer adopted it
+        return None
+    pending = sum(1 for line in handle if line.endswith(b"\n"))
+    return _Segment(path, handle, 0, pending)
+
+
+def _age(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _truncate(handle: IO[bytes], size: int) -> None:
+    with contextlib.suppress(OSError):
+        handle.truncate(size)
+
+
+def _close_quietly(handle: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        handle.close()
+
+
+# Rows hold strings, numbers, None, dates and timestamps; JSON lacks the last two.
+_DATETIME: Final = "$datetime"
+_DATE: Final = "$date"
+
+
+def _encode(row: Row) -> bytes:
+    return (json.dumps(row, default=_tag) + "\n").encode("utf-8")
+
+
+def _tag(value: object) -> dict[str, str]:
+    if isinstance(value, dt.datetime):
+        return {_DATETIME: value.isoformat()}
+    if isinstance(value, dt.date):
+        return {_DATE: value.isoformat()}
+    raise TypeError(f"A LogJob row cannot hold a {type(value).__name__}.")
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        value = json.loads(line, object_hook=_untag)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _untag(value: dict[str, Any]) -> Any:
+    if len(value) == 1:
+        if _DATETIME in value:
+            return dt.datetime.fromisoformat(value[_DATETIME])
+        if _DATE in value:
+            return dt.date.fromisoformat(value[_DATE])
+    return value

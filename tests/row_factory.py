@@ -1,0 +1,31 @@
+"""LogJob rows built directly, for tests that feed the writer without spans."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+
+def make_row(**overrides: Any) -> dict[str, Any]:
+    """A complete, valid row of a fresh run; *overrides* replace any column."""
+    created = overrides.get("create_date", dt.datetime.now(dt.UTC))
+    row: dict[str, Any] = {
+        "application_name": "tests",
+        "name_job": "direct",
+        "state_job": "Succeeded",
+        "trace_identifier": uuid.uuid4().hex,
+        "span_id": uuid.uuid4().hex[:16],
+        "duration_ms": 1.5,
+        "exception_type": None,
+        "exception": None,
+        "inner_exception": None,
+        "stack_trace": None,
+        "data": None,
+        "message": "m",
+        "create_user": None,
+        "create_date": created,
+        "create_date_only": created.date(),
+    }
+    row.update(overrides)
+    return row
