@@ -37,13 +37,14 @@ from reec_otel._schema import log_job_table
 from reec_otel._settings import (
     ENV_APPLICATION_NAME,
     ENV_ENABLE_GLOBAL_DB_SAVE,
+    UNNAMED_APPLICATION,
     LogJobOptions,
+    application_name_of_service,
     resolve_bool,
     resolve_database_url,
     validate_application_name,
 )
 from reec_otel._spool import DEFAULT_SPOOL_MAX_BYTES, Spool, default_spool_directory
-from reec_otel._text import MAX_NAME_CHARS, safe_str
 from reec_otel._version import __version__
 from reec_otel._writer import (
     DEFAULT_BATCH_ROWS,
@@ -58,6 +59,7 @@ __all__ = ["ReecOtel", "Statistics", "configure"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHUTDOWN_TIMEOUT_MILLIS = 10_000
+SERVICE_NAME = "service.name"
 
 
 _lock = threading.RLock()
@@ -247,10 +249,7 @@ def configure(
             "tracer_provider must be an OpenTelemetry SDK TracerProvider "
             f"(opentelemetry.sdk.trace.TracerProvider); got {type(tracer_provider).__name__}."
         )
-    if application_name is not None:
-        validate_application_name(application_name, "application_name")
-    elif env.get(ENV_APPLICATION_NAME) is not None:
-        validate_application_name(env[ENV_APPLICATION_NAME], ENV_APPLICATION_NAME)
+    explicit_name = _explicit_application_name(application_name, env)
     writer = None
     if url is not None:
         writer = BatchWriter(
@@ -265,8 +264,8 @@ def configure(
         previous = _current
         if previous is not None:
             previous.shutdown()
-        provider, owns = _provider(tracer_provider, env, previous)
-        name = _application_name(application_name, env, provider)
+        provider, owns = _provider(tracer_provider, env, previous, explicit_name)
+        name = explicit_name or _service_name(provider)
         processor = None
         if writer is not None and url is not None:
             # The spool's default place is keyed by the application's name,
@@ -349,7 +348,10 @@ def _register_exit(handle: ReecOtel) -> None:
 
 
 def _provider(
-    given: TracerProvider | None, env: Mapping[str, str], previous: ReecOtel | None
+    given: TracerProvider | None,
+    env: Mapping[str, str],
+    previous: ReecOtel | None,
+    application_name: str | None,
 ) -> tuple[TracerProvider, bool]:
     if given is not None:
         return given, False
@@ -359,7 +361,12 @@ def _provider(
     )
     if isinstance(existing, TracerProvider) and not created_before:
         return existing, False
-    provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
+    resource = Resource.create()
+    unnamed = application_name_of_service(resource.attributes.get(SERVICE_NAME))
+    if application_name and unnamed == UNNAMED_APPLICATION:
+        # No OTEL_SERVICE_NAME: traces carry the application's name, as rows do.
+        resource = resource.merge(Resource({SERVICE_NAME: application_name}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in _exporters_from_environment(env):
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if created_before:
@@ -382,15 +389,25 @@ def _exporters_from_environment(env: Mapping[str, str]) -> list[SpanExporter]:
     return exporters
 
 
-def _application_name(
-    argument: str | None, env: Mapping[str, str], provider: TracerProvider
-) -> str:
-    name = argument if argument is not None else env.get(ENV_APPLICATION_NAME)
-    source = "application_name" if argument is not None else ENV_APPLICATION_NAME
-    if name is None:
-        service = provider.resource.attributes.get("service.name")
-        return safe_str(service, MAX_NAME_CHARS) if service else "unknown_service"
-    return validate_application_name(name, source)
+def _explicit_application_name(argument: str | None, env: Mapping[str, str]) -> str | None:
+    """The application name given as an argument or in the environment, checked."""
+    if argument is not None:
+        return validate_application_name(argument, "application_name")
+    if env.get(ENV_APPLICATION_NAME) is not None:
+        return validate_application_name(env[ENV_APPLICATION_NAME], ENV_APPLICATION_NAME)
+    return None
+
+
+def _service_name(provider: TracerProvider) -> str:
+    name = application_name_of_service(provider.resource.attributes.get(SERVICE_NAME))
+    if name == UNNAMED_APPLICATION:
+        logger.warning(
+            "No application name is set (application_name, %s or OTEL_SERVICE_NAME): "
+            "LogJob rows are stored under %r.",
+            ENV_APPLICATION_NAME,
+            name,
+        )
+    return name
 
 
 def _shutdown_provider(provider: TracerProvider, deadline: float) -> bool:

@@ -28,7 +28,11 @@ from reec_otel import _text
 from reec_otel._attributes import StateJob
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._schema import log_job_table
-from reec_otel._settings import LogJobOptions, validate_application_name
+from reec_otel._settings import (
+    LogJobOptions,
+    application_name_of_service,
+    validate_application_name,
+)
 from reec_otel._writer import BatchWriter, Row, create_database_engine
 
 __all__ = ["LogJobSpanProcessor"]
@@ -226,8 +230,7 @@ class LogJobSpanProcessor(SpanProcessor):
     def _application_name(self, span: ReadableSpan) -> str:
         if self.application_name is not None:
             return self.application_name
-        service = span.resource.attributes.get("service.name", "unknown_service")
-        return _text.safe_str(service, _text.MAX_NAME_CHARS)
+        return application_name_of_service(span.resource.attributes.get("service.name"))
 
     def _internal_error(self, where: str) -> None:
         self._errors += 1
@@ -317,7 +320,10 @@ def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
             f"({len(exceptions)} sub-exceptions): " + "; ".join(parts),
             _text.MAX_EXCEPTION_CHARS,
         ),
-        "inner_exception": _text.clean(parts[0], _text.MAX_EXCEPTION_CHARS),
+        # The job's own exception is what the handler's failure happened behind.
+        "inner_exception": _optional_text(
+            first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
+        ),
         "stack_trace": _text.clean(
             f"{_GROUP_TYPE}: the job's exception, then the handler's\n"
             + "\n".join(

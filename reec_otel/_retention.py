@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
-from opentelemetry.sdk.resources import Resource
 from sqlalchemy import Table, delete, inspect, or_, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import OperationalError
@@ -48,7 +47,11 @@ from reec_otel._errors import ConfigurationError
 from reec_otel._lock import clean_lock
 from reec_otel._schedule import CleanScheduler
 from reec_otel._schema import log_job_table
-from reec_otel._settings import ENV_APPLICATION_NAME, LogJobOptions, resolve_database_url
+from reec_otel._settings import (
+    LogJobOptions,
+    default_application_name,
+    resolve_database_url,
+)
 from reec_otel._worker import JobContext, JobResult, Worker
 from reec_otel._writer import BatchWriter, create_database_engine
 
@@ -536,7 +539,7 @@ def _resolve(
         url = resolve_database_url(database_url, env)
     name = application_name
     if name is None:
-        name = handle.application_name if handle is not None else _default_application(env)
+        name = handle.application_name if handle is not None else default_application_name(env)
     if not isinstance(name, str) or not name.strip() or len(name) > 255:
         raise ConfigurationError(
             f"application_name must be a non-empty string of at most 255 characters; got {name!r}."
@@ -546,13 +549,6 @@ def _resolve(
 
 def _handle_options(handle: ReecOtel | None) -> LogJobOptions | None:
     return getattr(handle, "log_job", None) if handle is not None else None
-
-
-def _default_application(env: Mapping[str, str]) -> str:
-    name = env.get(ENV_APPLICATION_NAME)
-    if name:
-        return name
-    return str(Resource.create().attributes.get("service.name") or "unknown_service")
 
 
 def _states(states: Iterable[StateJob | str] | None) -> tuple[StateJob, ...] | None:

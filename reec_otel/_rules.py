@@ -31,12 +31,15 @@ def check_days(value: Any, what: str) -> int:
 
 
 def parse_days(raw: str, what: str) -> int:
-    """Days from text: ``10`` or ``10d``."""
+    """Days from text: ``10``, ``10d``, or weeks as ``2w``."""
     text = raw.strip().lower()
-    digits = text[:-1] if text.endswith("d") else text
+    per_unit = 7 if text.endswith("w") else 1
+    digits = text[:-1] if text.endswith(("d", "w")) else text
     if not digits.isascii() or not digits.isdigit():
-        raise ConfigurationError(f"{what} must be a number of days such as 10 or 10d; got {raw!r}.")
-    return check_days(int(digits), what)
+        raise ConfigurationError(
+            f"{what} must be a number of days such as 10, 10d or 2w; got {raw!r}."
+        )
+    return check_days(int(digits) * per_unit, what)
 
 
 def parse_day_rules(raw: str, what: str) -> dict[str, int]:

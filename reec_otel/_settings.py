@@ -199,6 +199,32 @@ def resolve_database_url(argument: str | URL | None, env: Mapping[str, str]) -> 
         ) from None
 
 
+UNNAMED_APPLICATION: Final = "unknown_service"
+
+
+def application_name_of_service(service: object) -> str:
+    """The application name an OpenTelemetry service name stands for.
+
+    The SDK's fallback service name names the interpreter
+    ("unknown_service:python3"), which differs between a script and the command
+    line; every such name stands for the one name ``unknown_service``, so that
+    rows of one unnamed application are never split.
+    """
+    if not service or str(service).startswith(UNNAMED_APPLICATION):
+        return UNNAMED_APPLICATION
+    return str(service)[:255]
+
+
+def default_application_name(env: Mapping[str, str]) -> str:
+    """``REEC_APPLICATION_NAME``, else the service name the environment gives."""
+    name = env.get(ENV_APPLICATION_NAME)
+    if name:
+        return name
+    from opentelemetry.sdk.resources import Resource
+
+    return application_name_of_service(Resource.create().attributes.get("service.name"))
+
+
 def validate_application_name(name: object, source: str) -> str:
     """Return *name* if it fits the ``application_name`` column, else raise."""
     if not isinstance(name, str) or not name.strip() or len(name) > 255:

@@ -6,6 +6,7 @@ nothing installed, jobs trace through the global tracer provider.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 from reec_otel import _attributes as attrs
+from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._version import __version__
 
 INSTRUMENTATION_NAME = "reec_otel"
@@ -25,6 +27,9 @@ _CONTINUED_KEY = create_key("reec_otel.continued_trace")
 
 _lock = threading.Lock()
 _installed: trace.Tracer | None = None
+# True once configure()'s handle was shut down and none replaced it.
+_shut_down = False
+_warnings = RateLimitedLog(logging.getLogger(__name__))
 # The global provider's tracer, remembered for as long as that provider is global.
 _global: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
@@ -39,6 +44,13 @@ def job_tracer() -> trace.Tracer:
     tracer = _installed
     if tracer is not None:
         return tracer
+    if _shut_down:
+        _warnings.log(
+            logging.WARNING,
+            "after-shutdown",
+            "A job runs after reec_otel was shut down: it traces through the global "
+            "provider and writes no LogJob rows.",
+        )
     provider = trace.get_tracer_provider()
     cached = _global
     if cached is not None and cached[0] is provider:
@@ -55,10 +67,12 @@ def mark_continued(context: Context) -> Context:
 
 
 def install(tracer: trace.Tracer | None) -> None:
-    """Make *tracer* the one every Worker uses (None: back to the global provider)."""
-    global _installed
+    """Make *tracer* the one every Worker uses (None: back to the global provider,
+    after a shutdown)."""
+    global _installed, _shut_down
     with _lock:
         _installed = tracer
+        _shut_down = tracer is None
 
 
 class JobRecordingSampler(Sampler):

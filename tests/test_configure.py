@@ -150,3 +150,23 @@ def test_the_handle_repr_never_shows_the_password(tracing):
         assert "s3cret-pw" not in repr(handle)
     finally:
         handle.shutdown(1_000)
+
+
+def test_without_any_name_rows_go_under_one_stable_name_and_it_says_so(tracing, caplog):
+    # The SDK's fallback service name names the interpreter ("unknown_service:python3"),
+    # which a script and the command line do not share.
+    with caplog.at_level("WARNING", logger="reec_otel._configure"):
+        handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+    handle.shutdown()
+    assert tracing.provider.resource.attributes["service.name"].startswith("unknown_service")
+    assert handle.application_name == "unknown_service"
+    assert "No application name is set" in caplog.text
+
+
+def test_a_job_run_after_shutdown_still_runs_and_says_it_writes_no_rows(tracing, caplog):
+    handle = reec_otel.configure(enable_global_db_save=False, tracer_provider=tracing.provider)
+    handle.shutdown()
+    with caplog.at_level("WARNING", logger="reec_otel._tracing"):
+        result = Worker("late", run_function=lambda ctx: "ran").execute()
+    assert result.message == "ran"
+    assert "after reec_otel was shut down" in caplog.text

@@ -109,6 +109,7 @@ JOB_SCRIPT = """
     result = reec_otel.Worker("exported-job", run_function=lambda ctx: 1 / 0).execute()
     print(result.trace_identifier)
     assert handle.owns_provider
+    assert handle.tracer_provider.resource.attributes["service.name"] == "exported"
     assert handle.shutdown(20_000)
 """
 

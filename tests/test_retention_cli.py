@@ -107,7 +107,7 @@ def test_the_command_never_starts_the_cleanup_scheduler(backend, history, monkey
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--older-than", "ten"], "--older-than must be a number of days such as 10 or 10d"),
+        (["--older-than", "ten"], "--older-than must be a number of days such as 10, 10d or 2w"),
         (["--state", "Stuck"], "'Stuck' is not one of"),
     ],
 )
@@ -178,3 +178,34 @@ def _read_all(descriptor: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_dry_run_writes_nothing_and_makes_no_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'absent.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REEC_", "OTEL_"))}
+    done = subprocess.run(
+        [*CLEAN, "--dry-run", "--database-url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_dry_run_records_no_run_of_its_own(backend, history):
+    before = len(backend.rows())
+    done = subprocess.run(
+        [*CLEAN, "--dry-run", "--older-than", "1w", "--database-url", backend.url],
+        env=os.environ | _environment(backend),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Would delete" in done.stdout
+    assert len(backend.rows()) == before

@@ -92,7 +92,7 @@ def test_job_names_with_commas_are_written_as_a_json_object():
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("REEC_LOG_JOB_DELETE_DAYS", "ten", "must be a number of days such as 10 or 10d"),
+        ("REEC_LOG_JOB_DELETE_DAYS", "ten", "must be a number of days such as 10, 10d or 2w"),
         ("REEC_LOG_JOB_DELETE_BATCH", "1e3", "must be a whole number of rows from 1 to"),
         ("REEC_LOG_JOB_ENABLE_CLEAN", "maybe", "must be true or false"),
         ("REEC_LOG_JOB_CLEAN_CRON", "every night", "must be a cron expression of five fields"),

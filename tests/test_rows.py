@@ -102,6 +102,7 @@ def test_a_failing_handler_is_recorded_together_with_the_job_exception(configure
     failed = backend.rows(state_job="Failed")[0]
     assert failed["exception_type"] == "builtins.ExceptionGroup"
     assert "job broke" in failed["exception"] and "pager unreachable" in failed["exception"]
+    assert failed["inner_exception"] == "job broke"
     assert "ValueError: job broke" in failed["stack_trace"]
     assert "ConnectionError: pager unreachable" in failed["stack_trace"]
 

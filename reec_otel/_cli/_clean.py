@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import reec_otel
 from reec_otel._attributes import StateJob
-from reec_otel._cli._common import DatabaseProblem, describe_database_error
+from reec_otel._cli._common import DatabaseProblem, describe_database_error, query_engine
 from reec_otel._errors import ConfigurationError
 from reec_otel._retention import CleanLogJobWorker, ProgressFunction
 from reec_otel._rules import parse_days
@@ -35,7 +35,7 @@ _FAILED_SHUTDOWN_MILLIS = 1_000
 @click.option(
     "--older-than",
     metavar="DAYS",
-    help="Delete rows older than this (10 or 10d), instead of the configured rules.",
+    help="Delete rows older than this (10, 10d or 2w), instead of the configured rules.",
 )
 @click.option(
     "--state",
@@ -83,9 +83,13 @@ def clean(
         days = None if older_than is None else parse_days(older_than, "--older-than")
         options = LogJobOptions.from_environment(os.environ)
         url = resolve_database_url(database_url, os.environ)
+        # Fails early, and creates no SQLite file, when the database is not there.
+        query_engine(url).dispose()
         handle = reec_otel.configure(
             database_url=url,
             application_name=application_name,
+            # A dry run changes nothing: not even a record of itself.
+            enable_global_db_save=not dry_run,
             log_job=dataclasses.replace(options, enable_clean=False),
         )
     except ConfigurationError as exc:

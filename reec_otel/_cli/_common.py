@@ -22,8 +22,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from reec_otel._errors import ConfigurationError, ReecOtelError
 from reec_otel._schema import log_job_table
 from reec_otel._settings import (
-    ENV_APPLICATION_NAME,
     LogJobOptions,
+    default_application_name,
     resolve_database_url,
 )
 
@@ -102,17 +102,6 @@ class Settings:
     @property
     def qualified_table(self) -> str:
         return self.table_name if self.schema is None else f"{self.schema}.{self.table_name}"
-
-
-def default_application_name(env: Mapping[str, str]) -> str:
-    """REEC_APPLICATION_NAME, else the OpenTelemetry service name, as configure() does."""
-    name = env.get(ENV_APPLICATION_NAME)
-    if name:
-        return name
-    from opentelemetry.sdk.resources import Resource
-
-    service = Resource.create().attributes.get("service.name")
-    return str(service) if service else "unknown_service"
 
 
 def database_url_option(function: F) -> F:
