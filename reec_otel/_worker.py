@@ -44,6 +44,8 @@ R = TypeVar("R")
 
 DEFAULT_NAME_JOB = "Anonymous"
 _HANDLER_FAILED = "run_function_exception failed while handling the job's exception"
+# Results that are never awaitable, so resolving them needs no further check.
+_PLAIN_RESULTS = frozenset({type(None), str, int, float, bool, bytes, dict, list, tuple})
 
 
 @dataclasses.dataclass
@@ -489,7 +491,8 @@ def _refuse_inside_running_loop(name_job: str) -> None:
 
 
 def _resolve_sync(value: Any) -> Any:
-    if not inspect.isawaitable(value):
+    # Most jobs return plain values; the awaitable check is an ABC lookup.
+    if type(value) in _PLAIN_RESULTS or not inspect.isawaitable(value):
         return value
     try:
         asyncio.get_running_loop()

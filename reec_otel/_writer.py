@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import logging
+import operator
 import os
+import re
 import sqlite3
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -35,9 +38,9 @@ from opentelemetry import context as otel_context
 # The API's own key for "instrumentation off in this context"; the SDK's
 # exporters set it the same way.
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
-from sqlalchemy import Table, event, inspect, text
+from sqlalchemy import Dialect, Table, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
@@ -163,7 +166,7 @@ class BatchWriter:
         # Past this many rows in memory the writer moves them to the spool.
         self._spill_at = max(max_queue_rows // 2, 1)
         self._insert = _idempotent_insert(table, engine.dialect.name)
-        self._rows_per_statement = _rows_per_statement(engine.dialect.name, len(table.columns))
+        self._prepared = _PreparedInserts(self._insert, table, engine.dialect)
         self._warnings = RateLimitedLog(logger)
         self._reset_runtime_state()
         self.state = WriterState.CREATED
@@ -533,9 +536,11 @@ class BatchWriter:
         return True
 
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
-        step = self._rows_per_statement
-        for start in range(0, len(rows), step):
-            connection.execute(self._insert.values(list(rows[start : start + step])))
+        prepared = self._prepared.get(rows)
+        if prepared is None:
+            connection.execute(self._insert, list(rows))
+        else:
+            prepared.execute(connection, rows)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -653,6 +658,141 @@ def _idempotent_insert(table: Table, dialect: str) -> Insert:
     raise ConfigurationError(
         f"The {dialect!r} database is not supported; use SQLite, PostgreSQL or MariaDB/MySQL."
     )
+
+
+# Drivers of the "pyformat" style that take "format" (%s) parameters as well.
+_FORMAT_TOO: Final = frozenset({"psycopg", "psycopg2", "pymysql", "mysqldb"})
+_NAMED_PARAMETER: Final = re.compile(r"%\(([A-Za-z_][A-Za-z0-9_]*)\)s")
+
+
+class _PreparedInsert:
+    """The idempotent INSERT for one set of columns, compiled once, run as executemany.
+
+    Rows go to the driver as plain parameter lists converted by the columns'
+    own bind processors: the same values SQLAlchemy would send, without
+    building its per-row parameter structures for every batch.
+    """
+
+    def __init__(self, statement: Insert, table: Table, dialect: Dialect, keys: tuple[str, ...]):
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        self.named = not compiled.positional
+        if compiled.positional:
+            names = tuple(compiled.positiontup or ())
+        elif dialect.driver in _FORMAT_TOO and compiled.string.count("%(") == len(compiled.binds):
+            # Positional parameters spare these drivers a dict per row.
+            names = tuple(_NAMED_PARAMETER.findall(compiled.string))
+            self.sql = _NAMED_PARAMETER.sub("%s", compiled.string)
+            self.named = False
+        else:
+            names = tuple(compiled.binds)
+        if sorted(names) != sorted(keys):
+            raise _NotPreparable(names)
+        self.keys = names
+        self.pick = operator.itemgetter(*names) if len(names) > 1 else _one_item(names[0])
+        self.values_clause = (
+            _values_clause(self.sql, len(names)) if dialect.name == "sqlite" else None
+        )
+        self.rows_per_statement = _rows_per_statement(dialect.name, len(names))
+        self.converters = [
+            (index, processor)
+            for index, key in enumerate(names)
+            if (processor := table.columns[key].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+
+    def execute(self, connection: Connection, rows: Sequence[Row]) -> None:
+        if self.values_clause is None:
+            connection.exec_driver_sql(self.sql, self._parameters(rows))
+        else:
+            self._execute_multi_row(connection, self._parameters(rows), self.values_clause)
+
+    def _parameters(self, rows: Sequence[Row]) -> list[Any]:
+        keys = self.keys
+        pick = self.pick
+        converters = self.converters
+        parameters: list[Any] = []
+        for row in rows:
+            values = list(pick(row))
+            try:
+                for index, processor in converters:
+                    values[index] = processor(values[index])
+            except Exception as exc:
+                raise StatementError(
+                    f"cannot convert a value of column {keys[index]!r}: {exc}",
+                    self.sql,
+                    None,
+                    exc,
+                ) from exc
+            parameters.append(dict(zip(keys, values, strict=True)) if self.named else tuple(values))
+        return parameters
+
+    def _execute_multi_row(
+        self, connection: Connection, parameters: list[Any], clause: tuple[str, str, str]
+    ) -> None:
+        # SQLite releases the GIL for each row of an executemany; a busy
+        # application thread then takes it back every time, and the writer
+        # waits a switch interval per row. One statement of many rows releases
+        # it once.
+        # TODO: each batch still costs a commit (an fsync in WAL mode with
+        # synchronous=FULL) and several GIL hand-overs; against a thread that
+        # runs empty jobs back to back the writer falls behind and the queue
+        # drops rows. Larger transactions while the queue is deep, or
+        # synchronous=NORMAL in WAL mode, would let it keep up.
+        head, values, tail = clause
+        step = self.rows_per_statement
+        for start in range(0, len(parameters), step):
+            chunk = parameters[start : start + step]
+            sql = head + ", ".join([values] * len(chunk)) + tail
+            connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
+
+
+def _one_item(key: str) -> Callable[[Row], tuple[Any, ...]]:
+    return lambda row: (row[key],)
+
+
+def _values_clause(sql: str, parameters: int) -> tuple[str, str, str] | None:
+    """The INSERT split around its one row of values: head, "(?, ...)", tail."""
+    start = sql.find(" VALUES (")
+    end = sql.find(")", start)
+    if start < 0 or end < 0:
+        return None
+    values = sql[start + len(" VALUES ") : end + 1]
+    if values.count("?") != parameters or "'" in values:
+        return None
+    return sql[: start + len(" VALUES ")], values, sql[end + 1 :]
+
+
+class _NotPreparable(Exception):
+    """The compiled statement does not bind exactly the row's columns."""
+
+
+class _PreparedInserts:
+    """Prepared inserts by the columns rows carry; None where rows differ or do not fit."""
+
+    def __init__(self, statement: Insert, table: Table, dialect: Dialect) -> None:
+        self._statement = statement
+        self._table = table
+        self._dialect = dialect
+        self._by_keys: dict[tuple[str, ...], _PreparedInsert | None] = {}
+
+    def get(self, rows: Sequence[Row]) -> _PreparedInsert | None:
+        if not rows:
+            return None
+        first = rows[0].keys()
+        if any(row.keys() != first for row in rows):
+            return None
+        keys = tuple(first)
+        if keys not in self._by_keys:
+            self._by_keys[keys] = self._prepare(keys)
+        return self._by_keys[keys]
+
+    def _prepare(self, keys: tuple[str, ...]) -> _PreparedInsert | None:
+        if not set(keys) <= set(self._table.columns.keys()):
+            return None
+        try:
+            return _PreparedInsert(self._statement, self._table, self._dialect, keys)
+        except _NotPreparable:
+            return None
 
 
 def _rows_per_statement(dialect: str, columns: int) -> int:

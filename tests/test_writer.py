@@ -58,7 +58,12 @@ def test_a_batch_larger_than_one_statement_allows_is_written_whole(backend):
         writer.shutdown(10_000)
     inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
     assert len(backend.rows()) == 4_500
-    assert 1 < len(inserts) < 50
+    # Split into statements the backend accepts (on SQLite, multi-row ones
+    # under its parameter limit), or sent as one executemany that the driver
+    # splits: never one statement per row.
+    assert 0 < len(inserts) < 50
+    if backend.name == "sqlite":
+        assert len(inserts) > 1
 
 
 def test_database_statements_never_run_on_the_job_thread(configured, backend):
