@@ -29,6 +29,7 @@ __all__ = ["JobTerminated"]
 logger = logging.getLogger(__name__)
 
 _installed_for: Any = None  # the handle whose configure() installed the handler
+_received: JobTerminated | None = None
 
 
 class JobTerminated(SystemExit):
@@ -52,7 +53,18 @@ JobTerminated.__module__ = "reec_otel"
 
 
 def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
-    raise JobTerminated(signum)
+    global _received
+    _received = JobTerminated(signum)
+    raise _received
+
+
+def termination() -> JobTerminated | None:
+    """The termination this process received, if any.
+
+    In ``asyncio.run`` the handler's exception stops the event loop, and the
+    job's task sees only its cancellation; the Worker asks here what ended it.
+    """
+    return _received
 
 
 def install_sigterm_handler(handle: Any) -> bool:

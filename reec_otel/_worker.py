@@ -32,6 +32,7 @@ from opentelemetry.util.types import AttributeValue
 from reec_otel import _attributes as attrs
 from reec_otel import _sanitize, _text
 from reec_otel._attributes import StateJob
+from reec_otel._signals import termination
 from reec_otel._tracing import job_tracer, mark_continued
 
 __all__ = ["IWorker", "JobContext", "JobResult", "Worker", "job"]
@@ -352,6 +353,9 @@ class _Run:
 
     def abort(self, exc: BaseException) -> None:
         """Record a base exception (interrupt, exit, cancellation) before it propagates."""
+        if isinstance(exc, asyncio.CancelledError):
+            # A cancellation caused by SIGTERM is recorded as the termination.
+            exc = termination() or exc
         self._record(exc, attrs.SOURCE_RUN, escaped=True)
         self._set_failed(exc, self._elapsed_ms())
 

@@ -212,9 +212,6 @@ asyncio.run(reec_otel.Worker("async-long", run_function=long_job).execute_async(
 """
 
 
-@pytest.mark.xfail(
-    strict=True, reason="JobTerminated is raised in the event loop; the task sees a cancel"
-)
 def test_sigterm_during_an_async_job_records_it_as_terminated_not_as_a_bare_cancellation(
     sqlite_backend: Backend, tmp_path: Path
 ) -> None:
