@@ -733,11 +733,11 @@ class _PreparedInsert:
         # application thread then takes it back every time, and the writer
         # waits a switch interval per row. One statement of many rows releases
         # it once.
-        # TODO: each batch still costs a commit (an fsync in WAL mode with
-        # synchronous=FULL) and several GIL hand-overs; against a thread that
-        # runs empty jobs back to back the writer falls behind and the queue
-        # drops rows. Larger transactions while the queue is deep, or
-        # synchronous=NORMAL in WAL mode, would let it keep up.
+        # TODO: against a thread that runs empty jobs back to back the writer
+        # falls behind and, past the spool's cap, rows are dropped. The limit is
+        # the Python work per row under the shared GIL (synchronous=NORMAL was
+        # measured and did not help); rows as tuples with values converted in
+        # bulk would let it keep up.
         head, values, tail = clause
         step = self.rows_per_statement
         for start in range(0, len(parameters), step):
