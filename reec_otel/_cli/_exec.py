@@ -14,6 +14,7 @@ timeout; 127 when it could not be started.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -161,6 +162,13 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _finite_seconds(value: float | None) -> float | None:
+    # FloatRange compares, and nan compares false with every bound.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds.")
+    return value
+
+
 def _child_environment() -> dict[str, str]:
     """Our environment with the current (job) context as TRACEPARENT and friends."""
     env = {k: v for k, v in os.environ.items() if k not in _CARRIER_VARIABLES}
@@ -205,6 +213,7 @@ def _signals_forwarded_to(program: Program) -> Iterator[None]:
     "--timeout",
     "timeout_seconds",
     type=click.FloatRange(min=0, min_open=True),
+    callback=lambda _ctx, _param, value: _finite_seconds(value),
     metavar="SECONDS",
     help=f"Stop the program (SIGTERM, then SIGKILL after {KILL_GRACE_SECONDS:g} s) "
     f"after this long; exit code {EXIT_TIMEOUT}.",
