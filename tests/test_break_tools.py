@@ -407,9 +407,6 @@ def test_redact_secrets_masks_a_number_stored_under_a_secret_key_in_job_data(
     assert "918273645" not in exported
 
 
-@pytest.mark.xfail(
-    strict=True, reason="sys.stderr is None; the relay thread dies and the pipe fills"
-)
 def test_exec_with_its_own_standard_error_closed_still_runs_a_chatty_program_to_the_end(
     sqlite_cli: Cli,
 ) -> None:

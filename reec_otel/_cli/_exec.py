@@ -58,12 +58,16 @@ class _StderrRelay:
         self._thread.start()
 
     def _run(self) -> None:
-        target = sys.stderr.buffer
+        # Without a standard error of our own (a daemon started with it closed)
+        # or when writing to it fails, the pipe is still drained to the end: a
+        # program whose pipe fills up would block for ever.
+        target = getattr(sys.stderr, "buffer", None)
         read = self._stream.read1  # type: ignore[attr-defined]
         while chunk := read(65_536):
-            with contextlib.suppress(OSError, ValueError):
-                target.write(chunk)
-                target.flush()
+            if target is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    target.write(chunk)
+                    target.flush()
             self._tail += chunk
             del self._tail[:-STDERR_TAIL_BYTES]
 
