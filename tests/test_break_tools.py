@@ -109,7 +109,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="--timeout signals the program alone, not its process group")
 def test_exec_timeout_also_stops_the_processes_the_program_started(
     sqlite_cli: Cli, tmp_path: Path
 ) -> None:

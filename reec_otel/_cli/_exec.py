@@ -89,26 +89,38 @@ class Program:
         self._lock = threading.Lock()
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
-        """Pass a signal on to the program (kept until it has started)."""
-        # TODO: Ctrl-C at a terminal signals the whole foreground process group,
-        # so the program gets SIGINT from the terminal and again from here; a
-        # program that treats a second SIGINT as "force quit" will do so. Running
-        # the program in its own process group made the terminal's foreground
-        # group (tcsetpgrp, as shells do) would make this the only delivery.
+        """Pass a signal on to the program's process group (kept until it has started).
+
+        The program runs in a process group of its own, outside the terminal's
+        foreground group: Ctrl-C at a terminal reaches reec-otel alone, and
+        this is the one delivery to the program and what it started.
+        """
         with self._lock:
             process = self._process
             if process is None:
                 self._pending_signal = signum
                 return
+        self._signal_group(process, signum)
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+        # Once the program is reaped its pid, the group's id, may be reused.
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signum)
+                os.killpg(process.pid, signum)
 
     def run(self, ctx: JobContext) -> None:
         """The job's run function: start the program and wait for its end."""
         ctx.data["program"] = os.path.basename(self.argv[0])
         try:
-            process = subprocess.Popen(self.argv, env=_child_environment(), stderr=subprocess.PIPE)
+            # TODO: a program that reads or (with `stty tostop`) writes the
+            # terminal is stopped by SIGTTIN/SIGTTOU, its group not being the
+            # foreground one, and Ctrl-Z stops reec-otel but not the program;
+            # handing it the terminal (tcsetpgrp, as shells do, taken back when
+            # it ends or stops) would close both.
+            process = subprocess.Popen(
+                self.argv, env=_child_environment(), stderr=subprocess.PIPE, process_group=0
+            )
         except OSError as exc:
             self.exit_code = EXIT_CANNOT_START
             click.echo(f"reec-otel: cannot start {self.argv[0]!r}: {exc.strerror or exc}", err=True)
@@ -133,11 +145,12 @@ class Program:
         try:
             process.wait(self.timeout_seconds)
         except subprocess.TimeoutExpired:
-            process.terminate()
+            # The whole group: processes the program started go with it.
+            self._signal_group(process, signal.SIGTERM)
             try:
                 process.wait(KILL_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self._signal_group(process, signal.SIGKILL)
                 process.wait()
             return True
         return False
@@ -219,8 +232,8 @@ def _signals_forwarded_to(program: Program) -> Iterator[None]:
     type=click.FloatRange(min=0, min_open=True),
     callback=lambda _ctx, _param, value: _finite_seconds(value),
     metavar="SECONDS",
-    help=f"Stop the program (SIGTERM, then SIGKILL after {KILL_GRACE_SECONDS:g} s) "
-    f"after this long; exit code {EXIT_TIMEOUT}.",
+    help=f"Stop the program and the processes it started (SIGTERM to its process group, "
+    f"then SIGKILL after {KILL_GRACE_SECONDS:g} s) after this long; exit code {EXIT_TIMEOUT}.",
 )
 @click.option("--app", "application_name", help="Application name (default: as configure()).")
 @database_url_option
@@ -240,9 +253,9 @@ def exec_command(
 
     The program's exit code is this command's exit code (128+N if killed by
     signal N, 124 on timeout, 127 if it cannot be started); its output passes
-    through. SIGINT, SIGTERM and SIGHUP are forwarded to it, and the run is
-    recorded before reec-otel exits. The program gets the job's trace context
-    in TRACEPARENT.
+    through. It runs in a process group of its own: SIGINT, SIGTERM and SIGHUP
+    are forwarded to that group, and the run is recorded before reec-otel
+    exits. The program gets the job's trace context in TRACEPARENT.
 
     \b
     Examples:
