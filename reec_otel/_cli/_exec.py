@@ -108,16 +108,20 @@ class Program:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signum)
+                # A stopped process acts on the signal only once continued
+                # (as a shell's kill does for a stopped job).
+                os.killpg(process.pid, signal.SIGCONT)
 
     def run(self, ctx: JobContext) -> None:
         """The job's run function: start the program and wait for its end."""
         ctx.data["program"] = os.path.basename(self.argv[0])
         try:
             # TODO: a program that reads or (with `stty tostop`) writes the
-            # terminal is stopped by SIGTTIN/SIGTTOU, its group not being the
-            # foreground one, and Ctrl-Z stops reec-otel but not the program;
-            # handing it the terminal (tcsetpgrp, as shells do, taken back when
-            # it ends or stops) would close both.
+            # terminal is stopped by SIGTTIN/SIGTTOU and waited for until a
+            # signal ends it, its group not being the foreground one; and Ctrl-Z
+            # stops reec-otel but not the program. Job control as shells do it
+            # (tcsetpgrp to hand it the terminal, a wait that sees it stop, the
+            # terminal taken back then and when it ends) would close both.
             process = subprocess.Popen(
                 self.argv, env=_child_environment(), stderr=subprocess.PIPE, process_group=0
             )
