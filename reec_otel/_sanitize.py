@@ -35,25 +35,34 @@ _SECRET_KEYS: Final = (
 )
 # scheme://user:password@host  ->  scheme://user:[REDACTED]@host
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
-# A bearer token (8 characters or more: "the bearer of" is not one), and
-# Basic credentials after an Authorization header.
+# A bearer token (8 characters or more: "the bearer of" is not one).
 _BEARER = re.compile(r"(?i)\b(?P<head>bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*")
-_BASIC = re.compile(r"(?i)(?P<head>\bauthorization\s*[:=]\s*basic\s+)[A-Za-z0-9+/]+=*")
-# "password": "value" in JSON text
-_JSON_SECRET = re.compile(
-    rf'(?i)(?P<head>"(?:[A-Za-z0-9]+[_.-])*(?:{_SECRET_KEYS})(?:[_.-][A-Za-z0-9]+)*"\s*:\s*")'
-    r'(?:[^"\\]|\\.)*(?=")'
+# The credential after an Authorization header, whatever its scheme (Basic,
+# Token, Digest...): the scheme word is kept, what follows it is masked.
+_AUTHORIZATION = re.compile(
+    r"(?i)(?P<head>\bauthorization\s*[:=]\s*"
+    r"(?!(?:[A-Za-z][\w-]*\s+)?\[REDACTED\])(?:[A-Za-z][\w-]*\s+)?)[^\s,;&'\"\\]+"
 )
 # The secret word is a whole part of the key: db_password, client-secret, not author.
-_KEY: Final = rf"\b(?:[A-Za-z0-9]+[_.-])*(?:{_SECRET_KEYS})(?:[_.-][A-Za-z0-9]+)*\b"
-# password="value", secret='value'
+_KEY_NAME: Final = rf"(?:[A-Za-z0-9]+[_.-])*(?:{_SECRET_KEYS})(?:[_.-][A-Za-z0-9]+)*"
+_KEY: Final = rf"\b{_KEY_NAME}\b"
+# "password": <value> in JSON text; the value is found by _json_value_end.
+_JSON_KEY = re.compile(rf'(?i)"{_KEY_NAME}"\s*:\s*')
+_JSON_SCALAR = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true\b|false\b')
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# password="value", secret='value', 'password': 'value' (a Python dict repr): the
+# value runs to its closing quote, escapes and the other quote included, or to
+# the end of the text when that quote is missing.
 _QUOTED_VALUE = re.compile(
-    rf"(?i)(?P<head>{_KEY}\s*[=:]\s*(?P<quote>[\"']))[^\"'\\]*(?=(?P=quote))"
+    rf"(?i)(?P<head>{_KEY}[\"']?\s*[=:]\s*)(?P<quote>[\"'])"
+    r"(?:(?!(?P=quote))[^\\]|\\[\s\S]?)*(?P<close>(?P=quote)?)"
 )
-# password=value, token: value, api_key=value (stops at space, quote, & ; ,); a
-# "Bearer"/"Basic" scheme is left for the bearer rule.
+# password=value, token: value, 'api_key': 123 (stops at space, quote, & ; ,);
+# a value already masked by an earlier rule ("Bearer [REDACTED]", "Token
+# [REDACTED]") and a JSON object are left alone.
 _KEY_VALUE = re.compile(
-    rf"(?i)(?P<head>{_KEY}\s*[=:]\s*)(?!\[REDACTED\])(?!(?:bearer|basic)\s)[^\s&;,'\"\\]+"
+    rf"(?i)(?P<head>{_KEY}'?\s*[=:]\s*)(?!(?:[A-Za-z][\w-]*\s+)?\[REDACTED\])(?![{{\[])"
+    r"(?!(?:bearer|basic)\s)[^\s&;,'\"\\]+"
 )
 
 _lock = threading.Lock()
@@ -70,18 +79,65 @@ def redact_url_passwords(text: str) -> str:
 def redact_secrets(text: str) -> str:
     """A ready sanitiser for common secrets.
 
-    Masks passwords in URLs, bearer tokens, and the value of ``key=value`` or
-    ``key: value`` pairs (and JSON members) whose key names a secret:
-    password, passwd, pwd, secret, token, api key, access key, private key,
-    auth, authorization, credentials. Keeps everything else, and keeps JSON
-    text valid JSON.
+    Masks passwords in URLs, bearer tokens, the credential of an
+    ``Authorization`` header whatever its scheme, and the value of
+    ``key=value``, ``key: value``, ``key="value"`` or ``'key': 'value'`` pairs
+    (and JSON members: strings, numbers, booleans, arrays) whose key names a
+    secret: password, passwd, pwd, secret, token, api key, access key, private
+    key, auth, authorization, credentials. Keeps everything else, and keeps
+    JSON text valid JSON.
     """
     text = redact_url_passwords(text)
     text = _BEARER.sub(lambda m: m["head"] + REDACTED, text)
-    text = _BASIC.sub(lambda m: m["head"] + REDACTED, text)
-    text = _JSON_SECRET.sub(lambda m: m["head"] + REDACTED, text)
-    text = _QUOTED_VALUE.sub(lambda m: m["head"] + REDACTED, text)
+    text = _AUTHORIZATION.sub(lambda m: m["head"] + REDACTED, text)
+    text = _redact_json_members(text)
+    text = _QUOTED_VALUE.sub(lambda m: m["head"] + m["quote"] + REDACTED + m["close"], text)
     return _KEY_VALUE.sub(lambda m: m["head"] + REDACTED, text)
+
+
+def _redact_json_members(text: str) -> str:
+    """Replace the value of every JSON member named as a secret by a masked string."""
+    parts: list[str] = []
+    position = 0
+    for match in _JSON_KEY.finditer(text):
+        if match.start() < position:
+            continue  # a key inside a value already masked
+        end = _json_value_end(text, match.end())
+        if end is None:
+            continue
+        parts += [text[position : match.end()], f'"{REDACTED}"']
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def _json_value_end(text: str, start: int) -> int | None:
+    """Where the JSON string, number, boolean or array at *start* ends (None: not one)."""
+    if text.startswith("[", start):
+        return _json_array_end(text, start)
+    scalar = _JSON_SCALAR.match(text, start)
+    return scalar.end() if scalar else None
+
+
+def _json_array_end(text: str, start: int) -> int | None:
+    depth = 0
+    position = start
+    while position < len(text):
+        char = text[position]
+        if char == '"':
+            string = _JSON_STRING.match(text, position)
+            if string is None:
+                return None
+            position = string.end()
+            continue
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        position += 1
+    return None
 
 
 def install(sanitizer: Sanitizer | None) -> None:

@@ -31,7 +31,6 @@ from reec_otel._migrations import version_table_name
 # -- the sanitiser ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="single-quoted keys of a Python dict repr are not matched")
 def test_redact_secrets_masks_a_password_in_a_python_dict_repr() -> None:
     # What an f-string of a settings dict puts into an exception message.
     text = "cannot connect with {'user': 'bob', 'password': 'hunter2'}"
@@ -42,9 +41,6 @@ def test_redact_secrets_masks_a_password_in_a_python_dict_repr() -> None:
     assert "'user': 'bob'" in cleaned
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the scheme word after Authorization is masked, not the token"
-)
 def test_redact_secrets_masks_the_credential_of_an_authorization_header_with_any_scheme() -> None:
     text = "request failed; headers sent: Authorization: Token 9f8e7d6c5b4a39281706"
 
@@ -53,7 +49,6 @@ def test_redact_secrets_masks_the_credential_of_an_authorization_header_with_any
     assert "9f8e7d6c5b4a39281706" not in cleaned
 
 
-@pytest.mark.xfail(strict=True, reason="a quoted value holding the other quote or an escape leaks")
 def test_redact_secrets_masks_a_quoted_password_whatever_characters_it_holds() -> None:
     leaked = []
     for sample in ('password="it\'s-hunter2"', 'token="ab\\"hunter2"', "secret='say \"hunter2\"'"):
@@ -95,7 +90,6 @@ def test_a_duration_too_large_for_a_date_is_a_one_line_usage_error(
 # -- reec-otel exec -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="click's FloatRange lets nan through; nan never times out")
 def test_exec_refuses_a_timeout_that_is_not_a_number(sqlite_cli: Cli, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     program = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
@@ -114,7 +108,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="--timeout signals the program alone, not its process group")
 def test_exec_timeout_also_stops_the_processes_the_program_started(
     sqlite_cli: Cli, tmp_path: Path
 ) -> None:
@@ -378,7 +371,6 @@ def test_a_cleaner_on_one_mariadb_database_never_makes_a_cleaner_of_another_data
     assert not worker.last_report.skipped, worker.last_report.message
 
 
-@pytest.mark.xfail(strict=True, reason="the JSON rule masks string values only")
 def test_redact_secrets_masks_a_number_stored_under_a_secret_key_in_job_data(
     backend: Backend, tracing: Tracing
 ) -> None:
@@ -409,9 +401,6 @@ def test_redact_secrets_masks_a_number_stored_under_a_secret_key_in_job_data(
     assert "918273645" not in exported
 
 
-@pytest.mark.xfail(
-    strict=True, reason="sys.stderr is None; the relay thread dies and the pipe fills"
-)
 def test_exec_with_its_own_standard_error_closed_still_runs_a_chatty_program_to_the_end(
     sqlite_cli: Cli,
 ) -> None:

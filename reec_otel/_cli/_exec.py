@@ -14,6 +14,7 @@ timeout; 127 when it could not be started.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -57,12 +58,16 @@ class _StderrRelay:
         self._thread.start()
 
     def _run(self) -> None:
-        target = sys.stderr.buffer
+        # Without a standard error of our own (a daemon started with it closed)
+        # or when writing to it fails, the pipe is still drained to the end: a
+        # program whose pipe fills up would block for ever.
+        target = getattr(sys.stderr, "buffer", None)
         read = self._stream.read1  # type: ignore[attr-defined]
         while chunk := read(65_536):
-            with contextlib.suppress(OSError, ValueError):
-                target.write(chunk)
-                target.flush()
+            if target is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    target.write(chunk)
+                    target.flush()
             self._tail += chunk
             del self._tail[:-STDERR_TAIL_BYTES]
 
@@ -84,26 +89,42 @@ class Program:
         self._lock = threading.Lock()
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
-        """Pass a signal on to the program (kept until it has started)."""
-        # TODO: Ctrl-C at a terminal signals the whole foreground process group,
-        # so the program gets SIGINT from the terminal and again from here; a
-        # program that treats a second SIGINT as "force quit" will do so. Running
-        # the program in its own process group made the terminal's foreground
-        # group (tcsetpgrp, as shells do) would make this the only delivery.
+        """Pass a signal on to the program's process group (kept until it has started).
+
+        The program runs in a process group of its own, outside the terminal's
+        foreground group: Ctrl-C at a terminal reaches reec-otel alone, and
+        this is the one delivery to the program and what it started.
+        """
         with self._lock:
             process = self._process
             if process is None:
                 self._pending_signal = signum
                 return
+        self._signal_group(process, signum)
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+        # Once the program is reaped its pid, the group's id, may be reused.
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signum)
+                os.killpg(process.pid, signum)
+                # A stopped process acts on the signal only once continued
+                # (as a shell's kill does for a stopped job).
+                os.killpg(process.pid, signal.SIGCONT)
 
     def run(self, ctx: JobContext) -> None:
         """The job's run function: start the program and wait for its end."""
         ctx.data["program"] = os.path.basename(self.argv[0])
         try:
-            process = subprocess.Popen(self.argv, env=_child_environment(), stderr=subprocess.PIPE)
+            # TODO: a program that reads or (with `stty tostop`) writes the
+            # terminal is stopped by SIGTTIN/SIGTTOU and waited for until a
+            # signal ends it, its group not being the foreground one; and Ctrl-Z
+            # stops reec-otel but not the program. Job control as shells do it
+            # (tcsetpgrp to hand it the terminal, a wait that sees it stop, the
+            # terminal taken back then and when it ends) would close both.
+            process = subprocess.Popen(
+                self.argv, env=_child_environment(), stderr=subprocess.PIPE, process_group=0
+            )
         except OSError as exc:
             self.exit_code = EXIT_CANNOT_START
             click.echo(f"reec-otel: cannot start {self.argv[0]!r}: {exc.strerror or exc}", err=True)
@@ -128,11 +149,12 @@ class Program:
         try:
             process.wait(self.timeout_seconds)
         except subprocess.TimeoutExpired:
-            process.terminate()
+            # The whole group: processes the program started go with it.
+            self._signal_group(process, signal.SIGTERM)
             try:
                 process.wait(KILL_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self._signal_group(process, signal.SIGKILL)
                 process.wait()
             return True
         return False
@@ -159,6 +181,13 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def _finite_seconds(value: float | None) -> float | None:
+    # FloatRange compares, and nan compares false with every bound.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds.")
+    return value
 
 
 def _child_environment() -> dict[str, str]:
@@ -205,9 +234,10 @@ def _signals_forwarded_to(program: Program) -> Iterator[None]:
     "--timeout",
     "timeout_seconds",
     type=click.FloatRange(min=0, min_open=True),
+    callback=lambda _ctx, _param, value: _finite_seconds(value),
     metavar="SECONDS",
-    help=f"Stop the program (SIGTERM, then SIGKILL after {KILL_GRACE_SECONDS:g} s) "
-    f"after this long; exit code {EXIT_TIMEOUT}.",
+    help=f"Stop the program and the processes it started (SIGTERM to its process group, "
+    f"then SIGKILL after {KILL_GRACE_SECONDS:g} s) after this long; exit code {EXIT_TIMEOUT}.",
 )
 @click.option("--app", "application_name", help="Application name (default: as configure()).")
 @database_url_option
@@ -227,9 +257,9 @@ def exec_command(
 
     The program's exit code is this command's exit code (128+N if killed by
     signal N, 124 on timeout, 127 if it cannot be started); its output passes
-    through. SIGINT, SIGTERM and SIGHUP are forwarded to it, and the run is
-    recorded before reec-otel exits. The program gets the job's trace context
-    in TRACEPARENT.
+    through. It runs in a process group of its own: SIGINT, SIGTERM and SIGHUP
+    are forwarded to that group, and the run is recorded before reec-otel
+    exits. The program gets the job's trace context in TRACEPARENT.
 
     \b
     Examples:
