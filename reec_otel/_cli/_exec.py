@@ -87,26 +87,32 @@ class Program:
         self._process: subprocess.Popen[bytes] | None = None
         self._pending_signal: int | None = None
         self._lock = threading.Lock()
+        self._own_group = True
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
-        """Pass a signal on to the program's process group (kept until it has started).
+        """Pass a signal on to the program (kept until it has started).
 
-        The program runs in a process group of its own, outside the terminal's
-        foreground group: Ctrl-C at a terminal reaches reec-otel alone, and
-        this is the one delivery to the program and what it started.
+        Away from a terminal the program has a process group of its own and the
+        signal goes to the whole group. At a terminal the program shares the
+        terminal's foreground group, which Ctrl-C already reaches: SIGINT is
+        then not sent a second time.
         """
         with self._lock:
             process = self._process
             if process is None:
                 self._pending_signal = signum
                 return
+        if not self._own_group and signum == signal.SIGINT:
+            return  # the terminal delivered Ctrl-C to the program itself
         self._signal_group(process, signum)
 
-    @staticmethod
-    def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    def _signal_group(self, process: subprocess.Popen[bytes], signum: int) -> None:
         # Once the program is reaped its pid, the group's id, may be reused.
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
+                if not self._own_group:
+                    process.send_signal(signum)
+                    return
                 os.killpg(process.pid, signum)
                 # A stopped process acts on the signal only once continued
                 # (as a shell's kill does for a stopped job).
@@ -115,15 +121,20 @@ class Program:
     def run(self, ctx: JobContext) -> None:
         """The job's run function: start the program and wait for its end."""
         ctx.data["program"] = os.path.basename(self.argv[0])
+        # Away from a terminal (cron, CI, a service) the program gets a process
+        # group of its own, so that a timeout or a forwarded signal reaches what
+        # it started too. At a terminal it stays in the terminal's foreground
+        # group, so that it can read the terminal and Ctrl-C and Ctrl-Z reach it.
+        # TODO: at a terminal a timeout stops the program alone, not what it
+        # started; job control as shells do it (tcsetpgrp) would give the
+        # program its own group there too.
+        self._own_group = not _stdin_is_terminal()
         try:
-            # TODO: a program that reads or (with `stty tostop`) writes the
-            # terminal is stopped by SIGTTIN/SIGTTOU and waited for until a
-            # signal ends it, its group not being the foreground one; and Ctrl-Z
-            # stops reec-otel but not the program. Job control as shells do it
-            # (tcsetpgrp to hand it the terminal, a wait that sees it stop, the
-            # terminal taken back then and when it ends) would close both.
             process = subprocess.Popen(
-                self.argv, env=_child_environment(), stderr=subprocess.PIPE, process_group=0
+                self.argv,
+                env=_child_environment(),
+                stderr=subprocess.PIPE,
+                process_group=0 if self._own_group else None,
             )
         except OSError as exc:
             self.exit_code = EXIT_CANNOT_START
@@ -170,6 +181,13 @@ class Program:
         if stderr_tail:
             return f"{what}.\nLast lines of its standard error:\n{stderr_tail}"
         return what
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _exit_code(returncode: int) -> int:
