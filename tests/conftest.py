@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import reec_otel
 from reec_otel import LogJobOptions, log_job_table
+from reec_otel._writer import BatchWriter, create_database_engine
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -122,6 +123,15 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
         yield db
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def writer(backend: Backend) -> Iterator[BatchWriter]:
+    """A background writer on the test's table, flushing often."""
+    engine = create_database_engine(backend.url)
+    writer = BatchWriter(engine, log_job_table(backend.table_name), flush_interval_seconds=0.05)
+    yield writer
+    writer.shutdown(10_000)
 
 
 @dataclasses.dataclass

@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 
-import pytest
 from opentelemetry import context as otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from sqlalchemy import event
@@ -16,14 +15,6 @@ import reec_otel
 from reec_otel import Worker, log_job_table
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.row_factory import make_row
-
-
-@pytest.fixture
-def writer(backend):
-    engine = create_database_engine(backend.url)
-    writer = BatchWriter(engine, log_job_table(backend.table_name), flush_interval_seconds=0.05)
-    yield writer
-    writer.shutdown(10_000)
 
 
 def closed_port() -> int:

@@ -4,45 +4,32 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from reec_otel import log_job_table
 from reec_otel._writer import BatchWriter, _rows_per_statement, create_database_engine
+from tests.row_factory import make_row
 
 
 def a_row(**overrides: Any) -> dict[str, Any]:
+    """A row whose values test the driver: unicode, quotes, placeholders, JSON."""
     created = dt.datetime(2026, 3, 4, 5, 6, 7, 891_234, tzinfo=dt.UTC)
-    row: dict[str, Any] = {
+    values: dict[str, Any] = {
         "application_name": "statements",
         "name_job": "ñandú 🦤 job",
         "state_job": "Failed",
-        "trace_identifier": uuid.uuid4().hex,
-        "span_id": uuid.uuid4().hex[:16],
         "duration_ms": 12.25,
         "exception_type": "builtins.ValueError",
         "exception": "it's 100% wrong; \\ and ? and %s and %(name)s stay text",
-        "inner_exception": None,
         "stack_trace": "Traceback (most recent call last):\n  ...",
         "data": json.dumps({"invoices": 3, "note": "é"}, ensure_ascii=False),
         "message": None,
         "create_user": "ana",
         "create_date": created,
-        "create_date_only": created.date(),
     }
-    row.update(overrides)
-    return row
-
-
-@pytest.fixture
-def writer(backend):
-    engine = create_database_engine(backend.url)
-    writer = BatchWriter(engine, log_job_table(backend.table_name), flush_interval_seconds=0.05)
-    yield writer
-    writer.shutdown(10_000)
+    return make_row(**(values | overrides))
 
 
 def test_every_value_of_a_batch_is_stored_exactly_as_given(writer, backend):
