@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import click
@@ -141,14 +141,26 @@ def list_command(
 
 
 def _write_rows(rows: Sequence[Mapping[str, Any]], output_format: str, *, empty: str) -> None:
+    _write_records(rows, output_format, COLUMN_NAMES, _rows_table, empty=empty)
+
+
+def _write_records(
+    records: Sequence[Mapping[str, Any]],
+    output_format: str,
+    keys: Sequence[str],
+    as_table: Callable[[Sequence[Mapping[str, Any]]], Any],
+    *,
+    empty: str,
+) -> None:
+    """Records as one JSON array, CSV with *keys* as header, or a table for people."""
     if output_format == "json":
-        write_json(list(rows))
+        write_json(list(records))
     elif output_format == "csv":
-        write_csv(COLUMN_NAMES, rows)
-    elif not rows:
+        write_csv(keys, records)
+    elif not records:
         click.echo(empty, err=True)
     else:
-        console().print(_rows_table(rows))
+        console().print(as_table(records))
 
 
 def _rows_table(rows: Sequence[Mapping[str, Any]]) -> Any:
@@ -355,14 +367,9 @@ def stats_command(
         records = job_statistics(
             connection, table, lambda q: _for_app(q, table, settings, all_apps), window
         )
-    if output_format == "json":
-        write_json(records)
-    elif output_format == "csv":
-        write_csv(STATS_KEYS, records)
-    elif not records:
-        click.echo("No finished runs in the window.", err=True)
-    else:
-        console().print(_stats_table(records))
+    _write_records(
+        records, output_format, STATS_KEYS, _stats_table, empty="No finished runs in the window."
+    )
 
 
 def _stats_table(records: Iterable[Mapping[str, Any]]) -> Any:
@@ -453,14 +460,7 @@ def stuck_command(
         records = stuck_runs(
             connection, table, lambda q: _for_app(q, table, settings, all_apps), older_than
         )
-    if output_format == "json":
-        write_json(records)
-    elif output_format == "csv":
-        write_csv(STUCK_KEYS, records)
-    elif not records:
-        click.echo("No stuck runs.", err=True)
-    else:
-        console().print(_stuck_table(records))
+    _write_records(records, output_format, STUCK_KEYS, _stuck_table, empty="No stuck runs.")
 
 
 def _stuck_table(records: Iterable[Mapping[str, Any]]) -> Any:
