@@ -1,8 +1,10 @@
-"""Adversarial tests of the command line, the write path and retention.
+"""Edge cases of the command line, the write path, the sanitiser and retention.
 
-Each test here states behaviour the package promises and does not yet keep;
-it is marked ``xfail(strict=True)`` so that it turns into a failure the day
-the behaviour is fixed and the mark is forgotten.
+Each test states a promise kept in a corner that is easy to get wrong: secrets
+in odd spellings, durations too large for a date, a closed standard error,
+process groups, a dropped table, locks shared by a server. A promise not yet
+kept is marked ``xfail(strict=True)`` where it stands, so that the suite turns
+red the day it is kept and the mark goes with the fix.
 """
 
 from __future__ import annotations
