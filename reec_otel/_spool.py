@@ -67,6 +67,24 @@ def default_spool_directory(url_text: str, table: str, application_name: str | N
     return base / "reec_otel" / "spool" / leaf
 
 
+def _require_own_directories(directory: Path) -> None:
+    """Refuse a spool directory another user owns, or could have swapped.
+
+    In a shared temporary directory another user could create the spool's
+    directories first, to read or inject rows; every directory of the path
+    below the temporary directory must be this user's.
+    """
+    shared = Path(tempfile.gettempdir()).resolve()
+    path = directory.resolve()
+    if shared not in path.parents:
+        return
+    for part in [path, *path.parents]:
+        if part == shared:
+            return
+        if part.stat().st_uid != os.getuid():
+            raise PermissionError(f"{part} belongs to another user; it is not used as a spool")
+
+
 @dataclasses.dataclass
 class _Segment:
     """One spool file being read: an adopted orphan, or this process's own file."""
@@ -255,6 +273,7 @@ class Spool:
         if self._own is not None:
             return self._own
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _require_own_directories(self.directory)
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         # Locked under a name orphan adoption ignores, then renamed: no other
         # process can take it in between.

@@ -114,3 +114,22 @@ def test_when_memory_is_full_a_failed_row_takes_the_place_of_the_newest_other_ro
     assert kept == ["job-0", "job-1", "job-2", "job-10", "job-11"]
     assert statistics.rows_dropped == 3
     assert statistics.rows_queued == 5
+
+
+def test_a_spool_directory_another_user_owns_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    # The test's own directory stands for the shared temporary directory, and
+    # the directory is made to look owned by someone else.
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    spool_dir = tmp_path / "reec_otel-0" / "spool"
+    spool_dir.mkdir(parents=True)
+    real_getuid = os.getuid
+    monkeypatch.setattr(os, "getuid", lambda: real_getuid() + 1)
+    spool = Spool(spool_dir)
+    try:
+        stored = spool.append([_row(1)])
+    finally:
+        spool.close()
+    assert stored == 0
+    assert list(spool_dir.iterdir()) == []
