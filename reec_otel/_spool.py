@@ -28,7 +28,7 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -169,6 +169,50 @@ class Spool:
             own.pending += len(lines)
             return len(lines)
 
+    def make_room(self, rows: Sequence[Row], keep: Callable[[Row], bool]) -> int:
+        """Evict unread rows of this process's file, newest first and never those
+        *keep* chooses, until *rows* fit under the cap; return how many went.
+
+        A peek still out is void afterwards: its rows are consumed by no one,
+        and those written meanwhile are written again by the next writer, which
+        the idempotent insert makes harmless.
+        """
+        needed = sum(len(_encode(row)) for row in rows)
+        with self._lock:
+            own = self._own
+            if self._closed or own is None or own.pending == 0:
+                return 0
+            excess = self._own_size + needed - self.max_bytes
+            if excess <= 0:
+                return 0
+            start = own.offset
+            own.handle.seek(start)
+            lines = own.handle.read(self._own_size - start).splitlines(keepends=True)
+            evicted: set[int] = set()
+            for index in range(len(lines) - 1, -1, -1):
+                if excess <= 0:
+                    break
+                row = _decode(lines[index])
+                if row is not None and keep(row):
+                    continue
+                evicted.add(index)
+                excess -= len(lines[index])
+            if not evicted:
+                return 0
+            kept = b"".join(line for i, line in enumerate(lines) if i not in evicted)
+            try:
+                own.handle.seek(start)
+                own.handle.write(kept)
+                own.handle.truncate(start + len(kept))
+                own.handle.flush()
+                os.fsync(own.handle.fileno())
+            except OSError:
+                return 0
+            self._own_size = start + len(kept)
+            own.pending -= len(evicted)
+            self._peeked = []
+            return len(evicted)
+
     def peek(self, count: int) -> list[Row]:
         """The next rows, oldest first, left in the spool until :meth:`consume`."""
         with self._lock:
@@ -204,8 +248,8 @@ class Spool:
     def consume(self, count: int) -> None:
         """Drop the first *count* rows of the last :meth:`peek`: they are written."""
         with self._lock:
-            if self._closed or count <= 0 or not self._segments:
-                return
+            if self._closed or count <= 0 or not self._segments or count > len(self._peeked):
+                return  # closed, or the peek was voided by make_room
             segment = self._segments[0]
             segment.offset = self._peeked[count - 1]
             segment.pending -= count

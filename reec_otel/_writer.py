@@ -268,11 +268,19 @@ class BatchWriter:
             leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
             self._queue.clear()
             self._queued_precious = 0
-        kept = self.spool.append(leftover) if self.spool is not None and leftover else 0
+        kept = evicted = 0
+        if self.spool is not None and leftover:
+            failed = [row for row in leftover if _is_precious(row)]
+            if failed:
+                # Failed rows first, and rows of other states already in the
+                # spool give way to them if they do not fit.
+                evicted = self.spool.make_room(failed, keep=_is_precious)
+                leftover.sort(key=lambda row: not _is_precious(row))
+            kept = self.spool.append(leftover)
         spooled = self.spool.pending if self.spool is not None else 0
         with self._lock:
-            self._dropped += len(leftover) - kept
-            self._settled += len(leftover) - kept
+            self._dropped += len(leftover) - kept + evicted
+            self._settled += len(leftover) - kept + evicted
             finished = not alive and not leftover and not spooled
         self._report_unwritten(len(leftover) - kept, spooled)
         if self.spool is not None:
@@ -438,13 +446,7 @@ class BatchWriter:
                 self._wake.wait(remaining)
 
     def _spill(self) -> None:
-        """Move the rows in memory to the spool file, keeping their order.
-
-        TODO: rows of other states spilled first can fill the spool so that a
-        later Failed row finds no room at shutdown and is dropped; keeping a
-        share of the cap for Failed rows, or evicting other rows from the file
-        for them, would keep Failed rows in preference on disk as in memory.
-        """
+        """Move the rows in memory to the spool file, keeping their order."""
         if self.spool is None:
             return
         with self._lock:

@@ -246,10 +246,6 @@ def _spooled_rows(directory: Path) -> list[dict]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rows spilled earlier fill the spool; the Failed row left in memory is dropped",
-)
 def test_a_nearly_full_spool_keeps_the_failed_row_rather_than_rows_of_other_states(
     tracing: Tracing, tmp_path: Path
 ) -> None:
