@@ -27,7 +27,7 @@ from reec_otel import _attributes as attrs
 from reec_otel import _text
 from reec_otel._attributes import StateJob
 from reec_otel._diagnostics import RateLimitedLog
-from reec_otel._schema import log_job_table
+from reec_otel._schema import LogJobRow, log_job_table
 from reec_otel._settings import (
     LogJobOptions,
     application_name_of_service,
@@ -158,7 +158,7 @@ class LogJobSpanProcessor(SpanProcessor):
         self.writer.submit(enqueued)
         if deferred is not True:
             # The same instant of the same run: only the state differs.
-            self.writer.submit({**enqueued, "state_job": StateJob.PROCESSING.value})
+            self.writer.submit(enqueued.in_state(StateJob.PROCESSING.value))
 
     def _ended(self, span: ReadableSpan) -> None:
         span_id = span.get_span_context().span_id  # type: ignore[union-attr]
@@ -179,14 +179,12 @@ class LogJobSpanProcessor(SpanProcessor):
         if state is StateJob.SUCCEEDED and job.light:
             return
         row = self._row(span, job, state, span.end_time, span_id)
-        row["duration_ms"] = _duration_ms(span, attributes)
-        row["message"] = _optional_text(
-            _optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS
-        )
+        row.duration_ms = _duration_ms(span, attributes)
+        row.message = _optional_text(_optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS)
         data = _optional(attributes, attrs.DATA)
-        row["data"] = data if isinstance(data, str) else None
+        row.data = data if isinstance(data, str) else None
         if state is StateJob.FAILED:
-            row.update(_failure_fields(span.events))
+            _set_failure_fields(row, span.events)
         self.writer.submit(row)
 
     def _remember(self, span_id: int, job: _Job) -> None:
@@ -203,29 +201,16 @@ class LogJobSpanProcessor(SpanProcessor):
         state: StateJob,
         time_ns: int | None,
         span_id: int,
-    ) -> dict[str, Any]:
-        # TODO: a row is a dict of 15 keys, about 0.6 KB while it waits, so a
-        # full queue at the default max_queue_rows (100 000) holds about 60 MB,
-        # above the 50 MB aimed at. A tuple in column order would about halve
-        # that, once the writer (and anything that keeps rows aside) takes tuples.
-        created = _timestamp(time_ns)
-        return {
-            "application_name": self._application_name(span),
-            "name_job": job.name,
-            "state_job": state.value,
-            "trace_identifier": f"{span.get_span_context().trace_id:032x}",  # type: ignore[union-attr]
-            "span_id": f"{span_id:016x}",
-            "duration_ms": None,
-            "exception_type": None,
-            "exception": None,
-            "inner_exception": None,
-            "stack_trace": None,
-            "data": None,
-            "message": None,
-            "create_user": job.create_user,
-            "create_date": created,
-            "create_date_only": created.date(),
-        }
+    ) -> LogJobRow:
+        return LogJobRow(
+            self._application_name(span),
+            job.name,
+            state.value,
+            f"{span.get_span_context().trace_id:032x}",  # type: ignore[union-attr]
+            f"{span_id:016x}",
+            job.create_user,
+            _timestamp(time_ns),
+        )
 
     def _application_name(self, span: ReadableSpan) -> str:
         if self.application_name is not None:
@@ -282,8 +267,8 @@ def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | N
     return (span.end_time - span.start_time) / 1e6
 
 
-def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
-    """The exception columns of a Failed row, from the span's exception events.
+def _set_failure_fields(row: LogJobRow, events: Sequence[Event]) -> None:
+    """Fill the exception columns of a Failed row from the span's exception events.
 
     One event is the job's exception. A second one, from the exception handler,
     makes the row describe both together as an exception group.
@@ -296,43 +281,40 @@ def _failure_fields(events: Sequence[Event]) -> dict[str, Any]:
     if marked:
         exceptions = marked
     if not exceptions:
-        return {}
+        return
     first = exceptions[0]
     if len(exceptions) == 1:
-        return {
-            "exception_type": _optional_text(first.get(attrs.EXCEPTION_TYPE), _text.MAX_NAME_CHARS),
-            "exception": _optional_text(
-                first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
-            ),
-            "inner_exception": _optional_text(
-                first.get(attrs.EXCEPTION_INNER), _text.MAX_EXCEPTION_CHARS
-            ),
-            "stack_trace": _optional_text(
-                first.get(attrs.EXCEPTION_STACKTRACE), _text.MAX_STACK_TRACE_CHARS
-            ),
-        }
+        row.exception_type = _optional_text(first.get(attrs.EXCEPTION_TYPE), _text.MAX_NAME_CHARS)
+        row.exception = _optional_text(
+            first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
+        )
+        row.inner_exception = _optional_text(
+            first.get(attrs.EXCEPTION_INNER), _text.MAX_EXCEPTION_CHARS
+        )
+        row.stack_trace = _optional_text(
+            first.get(attrs.EXCEPTION_STACKTRACE), _text.MAX_STACK_TRACE_CHARS
+        )
+        return
     parts = [_describe_event(e) for e in exceptions]
     traces = [str(e.get(attrs.EXCEPTION_STACKTRACE, "")) for e in exceptions]
-    return {
-        "exception_type": _GROUP_TYPE,
-        "exception": _text.clean(
-            f"run_function_exception failed while handling the job's exception "
-            f"({len(exceptions)} sub-exceptions): " + "; ".join(parts),
-            _text.MAX_EXCEPTION_CHARS,
+    row.exception_type = _GROUP_TYPE
+    row.exception = _text.clean(
+        f"run_function_exception failed while handling the job's exception "
+        f"({len(exceptions)} sub-exceptions): " + "; ".join(parts),
+        _text.MAX_EXCEPTION_CHARS,
+    )
+    # The job's own exception is what the handler's failure happened behind.
+    row.inner_exception = _optional_text(
+        first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
+    )
+    row.stack_trace = _text.clean(
+        f"{_GROUP_TYPE}: the job's exception, then the handler's\n"
+        + "\n".join(
+            f"+---------------- {index} ----------------\n{trace}"
+            for index, trace in enumerate(traces, start=1)
         ),
-        # The job's own exception is what the handler's failure happened behind.
-        "inner_exception": _optional_text(
-            first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
-        ),
-        "stack_trace": _text.clean(
-            f"{_GROUP_TYPE}: the job's exception, then the handler's\n"
-            + "\n".join(
-                f"+---------------- {index} ----------------\n{trace}"
-                for index, trace in enumerate(traces, start=1)
-            ),
-            _text.MAX_STACK_TRACE_CHARS,
-        ),
-    }
+        _text.MAX_STACK_TRACE_CHARS,
+    )
 
 
 def _describe_event(event: Mapping[str, Any]) -> str:

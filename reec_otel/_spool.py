@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from reec_otel._diagnostics import RateLimitedLog
+from reec_otel._schema import LogJobRow
 
 try:
     import fcntl
@@ -386,7 +387,8 @@ _DATE: Final = "$date"
 
 
 def _encode(row: Row) -> bytes:
-    return (json.dumps(row, default=_tag) + "\n").encode("utf-8")
+    document = row.as_dict() if type(row) is LogJobRow else dict(row)
+    return (json.dumps(document, separators=(",", ":"), default=_tag) + "\n").encode("utf-8")
 
 
 def _tag(value: object) -> dict[str, str]:

@@ -47,6 +47,7 @@ from sqlalchemy.sql.dml import Insert
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._errors import ConfigurationError
 from reec_otel._sanitize import redact_url_passwords
+from reec_otel._schema import ROW_COLUMNS, LogJobRow
 from reec_otel._settings import masked_url
 from reec_otel._spool import Spool
 
@@ -71,6 +72,8 @@ _TRANSIENT_SIGNS: Final = (
 # The state whose rows are kept when something must be dropped.
 _PRECIOUS_STATE: Final = "Failed"
 _CONNECT_TIMEOUT_SECONDS: Final = 5
+# Rows moved to the spool file per write when memory fills.
+_SPILL_SLICE_ROWS: Final = 2_000
 
 
 class WriterState(enum.Enum):
@@ -446,23 +449,36 @@ class BatchWriter:
                 self._wake.wait(remaining)
 
     def _spill(self) -> None:
-        """Move the rows in memory to the spool file, keeping their order."""
+        """Move the rows now in memory to the spool file, oldest first.
+
+        A slice at a time, so that only one slice is held twice (as rows and
+        as encoded lines) while new rows keep arriving.
+        """
         if self.spool is None:
             return
         with self._lock:
-            if not self._queue or self._abandoned:
-                return
-            rows = self._in_flight = self._take(len(self._queue))
-        try:
-            stored = self.spool.append(rows)
-        except Exception:
-            self._internal_error("spooling rows")
-            stored = 0
-        with self._lock:
-            self._in_flight = []
-            self._put_back(rows[stored:])
-        if stored:
-            logger.debug("LogJob writer moved %d rows to its spool file.", stored)
+            left = len(self._queue)
+        moved = 0
+        while left > 0:
+            with self._lock:
+                if not self._queue or self._abandoned:
+                    break
+                count = min(left, len(self._queue), _SPILL_SLICE_ROWS)
+                rows = self._in_flight = self._take(count)
+            try:
+                stored = self.spool.append(rows)
+            except Exception:
+                self._internal_error("spooling rows")
+                stored = 0
+            with self._lock:
+                self._in_flight = []
+                self._put_back(rows[stored:])
+            moved += stored
+            left -= count
+            if stored < count:
+                break  # the spool is full or failing
+        if moved:
+            logger.debug("LogJob writer moved %d rows to its spool file.", moved)
 
     def _adopt_orphans(self) -> None:
         if self.spool is None:
@@ -540,7 +556,7 @@ class BatchWriter:
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
         prepared = self._prepared.get(rows)
         if prepared is None:
-            connection.execute(self._insert, list(rows))
+            connection.execute(self._insert, [dict(row) for row in rows])
         else:
             prepared.execute(connection, rows)
 
@@ -675,7 +691,14 @@ class _PreparedInsert:
     building its per-row parameter structures for every batch.
     """
 
-    def __init__(self, statement: Insert, table: Table, dialect: Dialect, keys: tuple[str, ...]):
+    def __init__(
+        self,
+        statement: Insert,
+        table: Table,
+        dialect: Dialect,
+        keys: tuple[str, ...],
+        by_attribute: bool,
+    ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         self.sql = compiled.string
         self.named = not compiled.positional
@@ -691,7 +714,11 @@ class _PreparedInsert:
         if sorted(names) != sorted(keys):
             raise _NotPreparable(names)
         self.keys = names
-        self.pick = operator.itemgetter(*names) if len(names) > 1 else _one_item(names[0])
+        # LogJobRow keeps its values in attributes, mappings under keys.
+        if by_attribute:
+            self.pick = operator.attrgetter(*names) if len(names) > 1 else _one_attribute(names[0])
+        else:
+            self.pick = operator.itemgetter(*names) if len(names) > 1 else _one_item(names[0])
         self.values_clause = (
             _values_clause(self.sql, len(names)) if dialect.name == "sqlite" else None
         )
@@ -752,6 +779,10 @@ def _one_item(key: str) -> Callable[[Row], tuple[Any, ...]]:
     return lambda row: (row[key],)
 
 
+def _one_attribute(name: str) -> Callable[[Row], tuple[Any, ...]]:
+    return lambda row: (getattr(row, name),)
+
+
 def _values_clause(sql: str, parameters: int) -> tuple[str, str, str] | None:
     """The INSERT split around its one row of values: head, "(?, ...)", tail."""
     start = sql.find(" VALUES (")
@@ -775,24 +806,29 @@ class _PreparedInserts:
         self._statement = statement
         self._table = table
         self._dialect = dialect
-        self._by_keys: dict[tuple[str, ...], _PreparedInsert | None] = {}
+        self._by_keys: dict[tuple[tuple[str, ...], bool], _PreparedInsert | None] = {}
 
     def get(self, rows: Sequence[Row]) -> _PreparedInsert | None:
         if not rows:
             return None
+        if all(type(row) is LogJobRow for row in rows):
+            # Rows of the processor: every column, by attribute.
+            return self._prepared(ROW_COLUMNS, by_attribute=True)
         first = rows[0].keys()
-        if any(row.keys() != first for row in rows):
+        if any(type(row) is LogJobRow or row.keys() != first for row in rows):
             return None
-        keys = tuple(first)
-        if keys not in self._by_keys:
-            self._by_keys[keys] = self._prepare(keys)
-        return self._by_keys[keys]
+        return self._prepared(tuple(first), by_attribute=False)
 
-    def _prepare(self, keys: tuple[str, ...]) -> _PreparedInsert | None:
+    def _prepared(self, keys: tuple[str, ...], by_attribute: bool) -> _PreparedInsert | None:
+        if (keys, by_attribute) not in self._by_keys:
+            self._by_keys[keys, by_attribute] = self._prepare(keys, by_attribute)
+        return self._by_keys[keys, by_attribute]
+
+    def _prepare(self, keys: tuple[str, ...], by_attribute: bool) -> _PreparedInsert | None:
         if not set(keys) <= set(self._table.columns.keys()):
             return None
         try:
-            return _PreparedInsert(self._statement, self._table, self._dialect, keys)
+            return _PreparedInsert(self._statement, self._table, self._dialect, keys, by_attribute)
         except _NotPreparable:
             return None
 
