@@ -46,6 +46,8 @@ Row = Mapping[str, Any]
 
 DEFAULT_SPOOL_MAX_BYTES: Final = 64 * 1024 * 1024
 SUFFIX: Final = ".spool"
+# Bytes read from a spool file at a time.
+_READ_BYTES: Final = 1 << 20
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -227,17 +229,30 @@ class Spool:
                 return []
             segment = self._segments[0]
             rows: list[Row] = []
+            # Read in large blocks and count offsets here: a system call per
+            # row would hand the interpreter's lock to the application's
+            # threads once per row.
             segment.handle.seek(segment.offset)
+            position = segment.offset
+            data, start, at_end = b"", 0, False
             while len(rows) < count and segment.pending:
-                line = segment.handle.readline()
+                end = data.find(b"\n", start)
+                if end < 0 and not at_end:
+                    more = segment.handle.read(_READ_BYTES)
+                    data, start, at_end = data[start:] + more, 0, not more
+                    continue
+                stop = len(data) if end < 0 else end + 1
+                line, start = data[start:stop], stop
                 row = _decode(line)
                 if row is None:
                     if rows:
                         break  # the next peek starts at it and skips it
-                    self._skip_damaged(segment)
+                    self._skip_damaged(segment, position + len(line))
+                    position = segment.offset
                     continue
                 rows.append(row)
-                self._peeked.append(segment.handle.tell())
+                position += len(line)
+                self._peeked.append(position)
             return rows
 
     def take_lost(self) -> int:
@@ -258,9 +273,9 @@ class Spool:
             if segment.pending == 0:
                 self._retire(segment)
 
-    def _skip_damaged(self, segment: _Segment) -> None:
+    def _skip_damaged(self, segment: _Segment, next_offset: int) -> None:
         logger.warning("LogJob spool file %s holds an unreadable row; it is skipped.", segment.path)
-        segment.offset = segment.handle.tell()
+        segment.offset = next_offset
         segment.pending -= 1
         self._lost += 1
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reec_otel import log_job_table
+from reec_otel._schema import LogJobRow
 from reec_otel._spool import Spool, _encode, default_spool_directory
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.tcp_proxy import unused_loopback_port
@@ -39,6 +40,53 @@ def test_rows_come_back_in_order_with_their_types(tmp_path: Path) -> None:
     spool.consume(4)
     assert spool.pending == 0
     assert spool.peek(10) == []
+    spool.close()
+
+
+def test_rows_larger_than_a_read_block_come_back_whole_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    # About 3 MB in all: batches cross the boundaries of the blocks the spool reads.
+    rows = [{**_row(n), "message": f"{n}:" + "x" * (2_000 + n)} for n in range(1_000)]
+    assert spool.append(rows) == len(rows)
+    seen = []
+    while spool.pending:
+        batch = spool.peek(333)
+        assert batch, "a pending row must come back"
+        seen += batch
+        spool.consume(len(batch))
+    assert seen == rows
+    assert spool.take_lost() == 0
+    spool.close()
+
+
+def test_a_row_cut_short_at_the_end_of_an_adopted_file_is_skipped_and_counted(
+    tmp_path: Path,
+) -> None:
+    owner = Spool(tmp_path)
+    owner.append([_row(1), _row(2)])
+    owner.close()
+    (path,) = tmp_path.glob("*.spool")
+    with path.open("ab") as file:
+        file.write(_encode(_row(3))[:-20])  # a write the process did not finish
+    reader = Spool(tmp_path)
+    assert reader.adopt_orphans() == 2
+    assert reader.peek(10) == [_row(1), _row(2)]
+    reader.consume(2)
+    assert reader.pending == 0
+    assert reader.take_lost() == 0
+    reader.close()
+
+
+def test_a_log_job_row_comes_back_as_the_same_columns(tmp_path: Path) -> None:
+    created = dt.datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    row = LogJobRow("app", "job", "Failed", "a" * 32, "b" * 16, "someone", created)
+    row.duration_ms = 2.25
+    row.data = '{"k": 1}'
+    spool = Spool(tmp_path)
+    assert spool.append([row]) == 1
+    (back,) = spool.peek(1)
+    assert back == row
+    assert back["create_date"] == created and back["create_date_only"] == created.date()
     spool.close()
 
 

@@ -126,6 +126,22 @@ def test_rows_of_jobs_run_while_the_database_is_unreachable_arrive_once_in_order
     assert statistics.write_failures >= 1
 
 
+def test_more_rows_than_one_spool_write_takes_arrive_once_in_order(
+    breakable: Breakable, tracing: Tracing, tmp_path: Path
+) -> None:
+    breakable.take_away()
+    handle = _configure(breakable, tracing, tmp_path)
+    # 4 500 rows: the writer moves them to the spool 2 000 at a time.
+    expected = _run_jobs(1_500, "many")
+
+    _wait_for(lambda: handle.statistics().rows_spooled == len(expected))
+    breakable.give_back()
+
+    assert handle.force_flush(120_000)
+    assert _stored(breakable) == expected
+    assert handle.statistics().rows_dropped == 0
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
 def test_rows_of_jobs_run_during_an_outage_arrive_once_in_order(
     breakable: Breakable, tracing: Tracing, tmp_path: Path
