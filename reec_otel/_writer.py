@@ -103,12 +103,14 @@ def create_database_engine(url: str | URL) -> Engine:
     """
     url = make_url(url)
     backend = url.get_backend_name()
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    options: dict[str, Any] = {}
     if backend == "sqlite":
+        # A file has no connection to lose: no ping before each batch.
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         if url.database in (None, "", ":memory:"):
             options["poolclass"] = StaticPool
     elif backend == "postgresql" or backend in ("mysql", "mariadb"):
+        options["pool_pre_ping"] = True
         options["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_SECONDS}
     try:
         engine = create_engine(url, **options)
