@@ -26,13 +26,16 @@ def _body(_ctx: Any) -> str:
     return "done"
 
 
-def measure(jobs: int, url: str, wait: bool) -> dict[str, Any]:
+def measure(jobs: int, url: str, wait: bool, spool_directory: str) -> dict[str, Any]:
     """Run *jobs* jobs in this process; the figures of one point."""
     import reec_otel
 
     provider = exporting_provider()
     handle = reec_otel.configure(
-        database_url=url, application_name="bench", tracer_provider=provider
+        database_url=url,
+        application_name="bench",
+        tracer_provider=provider,
+        spool_directory=spool_directory,
     )
     worker = reec_otel.Worker("bench", run_function=_body)
     for _ in range(WARM_UP_JOBS):
@@ -57,12 +60,21 @@ def measure(jobs: int, url: str, wait: bool) -> dict[str, Any]:
         "rss_growth_mb": peak - baseline,
         "rows_written": stats.rows_written,
         "rows_dropped": stats.rows_dropped,
+        "rows_spooled": stats.rows_spooled,
         "flushed": flushed,
     }
 
 
-def _in_child(jobs: int, url: str, wait: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.scale", str(jobs), url, "1" if wait else "0"]
+def _in_child(jobs: int, url: str, wait: bool, spool_directory: Path) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        str(jobs),
+        url,
+        "1" if wait else "0",
+        str(spool_directory),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=3_600)
     if done.returncode != 0:
         raise RuntimeError(f"scale point {jobs} failed:\n{done.stderr}")
@@ -72,9 +84,10 @@ def _in_child(jobs: int, url: str, wait: bool) -> dict[str, Any]:
 def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     points = {}
     for label, jobs in zip(("10k", "100k", "1m"), sizes.scale_counts, strict=True):
-        points[label] = _in_child(jobs, f"sqlite:///{workdir / f'scale_{label}.db'}", True)
+        url = f"sqlite:///{workdir / f'scale_{label}.db'}"
+        points[label] = _in_child(jobs, url, True, workdir / f"spool_{label}")
     down_url = f"postgresql+psycopg://bench@127.0.0.1:{unused_loopback_port()}/bench"
-    down = _in_child(sizes.db_down_jobs, down_url, False)
+    down = _in_child(sizes.db_down_jobs, down_url, False, workdir / "spool_db_down")
     result: dict[str, Any] = {}
     for label, point in points.items():
         result[f"us_per_job_{label}"] = point["us_per_job"]
@@ -87,5 +100,5 @@ def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    jobs_arg, url_arg, wait_arg = sys.argv[1:4]
-    print(json.dumps(measure(int(jobs_arg), url_arg, wait_arg == "1")))
+    jobs_arg, url_arg, wait_arg, spool_arg = sys.argv[1:5]
+    print(json.dumps(measure(int(jobs_arg), url_arg, wait_arg == "1", spool_arg)))

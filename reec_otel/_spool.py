@@ -190,6 +190,9 @@ class Spool:
                 return 0
             start = own.offset
             own.handle.seek(start)
+            # TODO: this reads the unread part of the file into memory at once,
+            # up to max_bytes (and as much again as lines) at shutdown. Reading
+            # it backwards in blocks and rewriting it in place would bound that.
             lines = own.handle.read(self._own_size - start).splitlines(keepends=True)
             evicted: set[int] = set()
             for index in range(len(lines) - 1, -1, -1):

@@ -1,0 +1,78 @@
+"""LogJobRow: the compact row the processor hands the writer, read as a mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from reec_otel._schema import COLUMN_NAMES, ROW_COLUMNS, LogJobRow
+from reec_otel._writer import BatchWriter
+from tests.conftest import Backend
+from tests.row_factory import make_row
+
+CREATED = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
+
+
+def _row(state: str = "Enqueued") -> LogJobRow:
+    return LogJobRow("billing", "sync", state, "a" * 32, "b" * 16, "ana", CREATED)
+
+
+def test_it_holds_every_column_but_the_id_in_table_order() -> None:
+    row = _row()
+    assert list(row) == [name for name in COLUMN_NAMES if name != "id_log_job"]
+    assert list(row) == list(ROW_COLUMNS)
+    assert len(row) == len(ROW_COLUMNS)
+    assert row["create_date_only"] == CREATED.date()
+    assert row["duration_ms"] is None and row["exception"] is None
+
+
+def test_it_reads_as_the_dict_of_the_same_columns() -> None:
+    row = _row()
+    row.message = "done"
+    same = {**make_row(), **row.as_dict()}
+    assert row == same
+    assert dict(row) == same
+    assert row.get("message") == "done"
+    assert row.get("no_such_column", "fallback") == "fallback"
+    assert row.get("get") is None, "method names are not columns"
+    with pytest.raises(KeyError):
+        row["id_log_job"]
+
+
+def test_it_keeps_values_in_slots_not_in_a_dict_per_row() -> None:
+    row = _row()
+    assert not hasattr(row, "__dict__")
+    with pytest.raises(AttributeError):
+        row.not_a_column = 1  # type: ignore[attr-defined]
+
+
+def test_another_state_of_the_same_run_copies_every_column_and_changes_only_the_state() -> None:
+    row = _row()
+    row.data = '{"k": 1}'
+    copy = row.in_state("Processing")
+    assert copy["state_job"] == "Processing"
+    assert row["state_job"] == "Enqueued"
+    assert {k: v for k, v in copy.items() if k != "state_job"} == {
+        k: v for k, v in row.items() if k != "state_job"
+    }
+    copy.message = "only the copy"
+    assert row.message is None
+
+
+def test_rows_of_both_kinds_in_one_batch_are_written_alike(
+    writer: BatchWriter, backend: Backend
+) -> None:
+    compact = _row("Succeeded")
+    compact.duration_ms = 4.5
+    plain = make_row(span_id="c" * 16, state_job="Failed", exception_type="ValueError")
+    assert writer.submit(compact)
+    assert writer.submit(plain)
+    assert writer.force_flush(10_000)
+
+    stored = {row["span_id"]: row for row in backend.rows()}
+    assert stored["b" * 16]["duration_ms"] == 4.5
+    assert stored["b" * 16]["create_date"] == CREATED
+    assert stored["b" * 16]["create_user"] == "ana"
+    assert stored["c" * 16]["exception_type"] == "ValueError"
+    assert writer.statistics().rows_written == 2
