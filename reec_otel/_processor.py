@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _GROUP_TYPE = "builtins.ExceptionGroup"
 _MAX_OPEN_JOBS = 100_000
+# The states as plain text, as span attributes carry them.
+_PROCESSING = StateJob.PROCESSING.value
+_SUCCEEDED = StateJob.SUCCEEDED.value
+_FAILED = StateJob.FAILED.value
 
 
 class RowSink(Protocol):
@@ -138,7 +142,11 @@ class LogJobSpanProcessor(SpanProcessor):
         if light is not None and len(attributes) == 2:
             # A run that starts at once, without a user, carries these two
             # alone: no other key needs looking for.
-            job = _Job(_text.safe_str(name, _text.MAX_NAME_CHARS), light is True, None)
+            if light is True:
+                # Light: a row only if it fails, and the name is cleaned then.
+                self._remember(span.get_span_context().span_id, _Job(name, True, None))
+                return
+            job = _Job(_text.safe_str(name, _text.MAX_NAME_CHARS), False, None)
             phase = deferred = None
         else:
             job = _Job.of(name, attributes)
@@ -158,7 +166,7 @@ class LogJobSpanProcessor(SpanProcessor):
         self.writer.submit(enqueued)
         if deferred is not True:
             # The same instant of the same run: only the state differs.
-            self.writer.submit(enqueued.in_state(StateJob.PROCESSING.value))
+            self.writer.submit(enqueued.in_state(_PROCESSING))
 
     def _ended(self, span: ReadableSpan) -> None:
         span_id = span.get_span_context().span_id  # type: ignore[union-attr]
@@ -176,8 +184,10 @@ class LogJobSpanProcessor(SpanProcessor):
         if not self.is_save_db:
             return
         state = _final_state(span, attributes)
-        if state is StateJob.SUCCEEDED and job.light:
-            return
+        if job.light:
+            if state is StateJob.SUCCEEDED:
+                return
+            job = job.cleaned()
         row = self._row(span, job, state, span.end_time, span_id)
         row.duration_ms = _duration_ms(span, attributes)
         row.message = _optional_text(_optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS)
@@ -233,10 +243,15 @@ class _Job(NamedTuple):
     """What a job span says of its job when it starts."""
 
     # A named tuple, not a frozen dataclass: one is made for every job span,
-    # and a tuple is built several times faster.
-    name: str
+    # and a tuple is built several times faster. A light job's name is kept
+    # as the span gave it until a row needs it (see cleaned()).
+    name: Any
     light: bool
     create_user: str | None
+
+    def cleaned(self) -> _Job:
+        """The same job with its name made storable (cleaning twice changes nothing)."""
+        return self._replace(name=_text.safe_str(self.name, _text.MAX_NAME_CHARS))
 
     @classmethod
     def of(cls, name: object, attributes: Mapping[str, Any]) -> _Job:
@@ -251,9 +266,9 @@ class _Job(NamedTuple):
 def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> StateJob:
     # A job span started by other code may carry no state: its status decides.
     state = attributes.get(attrs.STATE)
-    if state == StateJob.FAILED.value:
+    if state == _FAILED:
         return StateJob.FAILED
-    if state == StateJob.SUCCEEDED.value:
+    if state == _SUCCEEDED:
         return StateJob.SUCCEEDED
     return StateJob.FAILED if span.status.status_code is StatusCode.ERROR else StateJob.SUCCEEDED
 

@@ -333,7 +333,7 @@ class _Run:
         duration_ms = self._elapsed_ms()
         message = None if value is None else _scrubbed(value, _text.MAX_MESSAGE_CHARS)
         end: dict[str, Any] = {
-            attrs.STATE: StateJob.SUCCEEDED.value,
+            attrs.STATE: _SUCCEEDED,
             attrs.DURATION_MS: duration_ms,
         }
         if message is not None:
@@ -373,7 +373,7 @@ class _Run:
         return (time.perf_counter_ns() - self._started_ns) / 1e6
 
     def _set_failed(self, exc: BaseException, duration_ms: float) -> None:
-        self._end_attributes({attrs.STATE: StateJob.FAILED.value, attrs.DURATION_MS: duration_ms})
+        self._end_attributes({attrs.STATE: _FAILED, attrs.DURATION_MS: duration_ms})
         description = f"{type(exc).__qualname__}: {_scrubbed(exc, 1024)}"
         self.span.set_status(Status(StatusCode.ERROR, description))
 
@@ -400,8 +400,33 @@ class _Run:
             self.ctx.data.setdefault("exception_notes", [_text.safe_str(n, 4096) for n in notes])
         self.span.add_event(attrs.EXCEPTION_EVENT, event)
 
-    def _result(self, state: StateJob, **fields: Any) -> JobResult:
-        return JobResult(state, self.ctx.trace_identifier, self.ctx.span_id, **fields)
+    def _result(
+        self,
+        state: StateJob,
+        *,
+        message: str | None = None,
+        exception: BaseException | None = None,
+        duration_ms: float,
+    ) -> JobResult:
+        # Filled in one step rather than through the frozen dataclass's
+        # __init__, which sets each field with object.__setattr__: a result is
+        # made for every run, and this is twice as fast.
+        result = _new_object(JobResult)
+        result.__dict__.update(
+            state=state,
+            trace_identifier=self.ctx.trace_identifier,
+            span_id=self.ctx.span_id,
+            message=message,
+            exception=exception,
+            duration_ms=duration_ms,
+        )
+        return result
+
+
+_new_object = object.__new__
+# The states as plain text for span attributes.
+_SUCCEEDED = StateJob.SUCCEEDED.value
+_FAILED = StateJob.FAILED.value
 
 
 def _scrubbed(value: object, limit: int) -> str:

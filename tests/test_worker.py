@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -45,6 +46,21 @@ def test_a_successful_run_returns_its_message_and_ids_of_its_span(spans):
     assert span.attributes[NAME] == "greet"
     assert span.attributes[STATE] == "Succeeded"
     assert span.status.status_code is not StatusCode.ERROR
+
+
+def test_a_result_is_a_complete_frozen_job_result_like_one_built_by_hand(spans):
+    ok = Worker("whole", run_function=lambda ctx: "fine").execute()
+    failed = Worker("whole", run_function=lambda ctx: 1 / 0).execute()
+    for result in (ok, failed):
+        assert set(vars(result)) == {f.name for f in dataclasses.fields(JobResult)}
+        assert result == dataclasses.replace(result)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.message = "changed"  # type: ignore[misc]
+    assert ok == JobResult(
+        StateJob.SUCCEEDED, ok.trace_identifier, ok.span_id, "fine", None, ok.duration_ms
+    )
+    assert isinstance(failed.exception, ZeroDivisionError) and failed.message is None
+    assert ok.succeeded and not failed.succeeded
 
 
 def test_a_result_that_is_not_text_is_stored_as_its_text(spans):
