@@ -25,8 +25,10 @@ def checksum_files(ctx: JobContext) -> str:
     with tempfile.TemporaryDirectory() as folder:
         for index in range(5):
             Path(folder, f"part-{index}.txt").write_text(f"part {index}\n" * 1000)
-        digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-                   for p in sorted(Path(folder).iterdir())}
+        digests = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(Path(folder).iterdir())
+        }
     ctx.data["files"] = len(digests)
     return f"hashed {len(digests)} files"
 
@@ -59,8 +61,9 @@ def main() -> None:
     handle = reec_otel.configure(application_name="quickstart")
     results = [
         Worker("checksum-files", run_function=checksum_files).execute(),
-        Worker("load-settings", run_function=load_settings,
-               run_function_exception=notify_on_failure).execute(),
+        Worker(
+            "load-settings", run_function=load_settings, run_function_exception=notify_on_failure
+        ).execute(),
         Worker("warm-cache", delay=0.2, run_function=lambda ctx: "cache warm").execute(),
         asyncio.run(Worker("poll-queue", run_function=poll_queue).execute_async()),
         Worker("light-heartbeat", is_light_execution=True, run_function=lambda ctx: "ok").execute(),
@@ -77,8 +80,14 @@ def main() -> None:
     engine = create_engine(handle.database_url)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(table.c.name_job, table.c.state_job, table.c.duration_ms,
-                   table.c.exception_type, table.c.message, table.c.trace_identifier)
+            select(
+                table.c.name_job,
+                table.c.state_job,
+                table.c.duration_ms,
+                table.c.exception_type,
+                table.c.message,
+                table.c.trace_identifier,
+            )
             .where(table.c.application_name == handle.application_name)
             .where(table.c.create_date >= started)
             .order_by(table.c.id_log_job)
@@ -86,8 +95,10 @@ def main() -> None:
     print(f"\nLogJob rows written to {handle.database_url.render_as_string()}:")
     for row in rows:
         duration = "" if row.duration_ms is None else f"{row.duration_ms:8.2f} ms"
-        print(f"  {row.name_job:<16} {row.state_job:<10} {duration:>11}  "
-              f"{row.exception_type or row.message or ''}")
+        print(
+            f"  {row.name_job:<16} {row.state_job:<10} {duration:>11}  "
+            f"{row.exception_type or row.message or ''}"
+        )
     handle.shutdown()
 
 
