@@ -12,10 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import hot_path, scale, slow_db, writer
+from benchmarks import hot_path, instructions, scale, slow_db, writer
 from benchmarks._common import FULL, QUICK
 
-SECTIONS = {"hot_path": hot_path, "writer": writer, "slow_db": slow_db, "scale": scale}
+SECTIONS = {
+    "hot_path": hot_path,
+    "instructions": instructions,
+    "writer": writer,
+    "slow_db": slow_db,
+    "scale": scale,
+}
 
 # (key, limit, True when the figure must stay at or below the limit)
 TARGETS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,22 @@ def test_the_quick_benchmark_reports_every_figure_as_a_number_or_a_skip_reason(
 def test_the_quick_benchmark_says_it_ran_with_small_counts(quick_run: dict[str, Any]) -> None:
     assert quick_run["quick"] is True
     assert quick_run["scale"]["points"]["1m"]["jobs"] < 1_000_000
+
+
+def test_the_quick_benchmark_skips_the_instruction_count_and_says_why(
+    quick_run: dict[str, Any],
+) -> None:
+    reason = quick_run["instructions"]["skipped"]
+    assert "--quick" in reason
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_are_counted_on_the_job_s_thread_and_grow_with_the_jobs(
+    tmp_path: Path,
+) -> None:
+    from benchmarks import instructions
+
+    few = instructions._count("light_success", 20, tmp_path)
+    many = instructions._count("light_success", 220, tmp_path)
+    # Two hundred more runs of a job cost more than a thousand instructions each.
+    assert many - few > 200 * 1_000
