@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
+from reec_otel import log_job_table
 from reec_otel._schema import COLUMN_NAMES, ROW_COLUMNS, LogJobRow
-from reec_otel._writer import BatchWriter
+from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
 from tests.row_factory import make_row
 
@@ -76,3 +77,28 @@ def test_rows_of_both_kinds_in_one_batch_are_written_alike(
     assert stored["b" * 16]["create_user"] == "ana"
     assert stored["c" * 16]["exception_type"] == "ValueError"
     assert writer.statistics().rows_written == 2
+
+
+def test_a_row_after_one_with_fewer_columns_in_the_same_batch_keeps_all_its_values(
+    backend: Backend,
+) -> None:
+    # Two rows per batch and a long interval: both rows go in one batch.
+    engine = create_database_engine(backend.url)
+    writer = BatchWriter(
+        engine, log_job_table(backend.table_name), batch_rows=2, flush_interval_seconds=60
+    )
+    sparse = {k: v for k, v in make_row(span_id="c" * 16).items() if k != "message"}
+    compact = _row("Failed")
+    compact.message = "kept"
+    compact.duration_ms = 4.5
+    try:
+        assert writer.submit(sparse)
+        assert writer.submit(compact)
+        assert writer.force_flush(10_000)
+    finally:
+        writer.shutdown(10_000)
+
+    stored = {row["span_id"]: row for row in backend.rows()}
+    assert stored["c" * 16]["message"] is None
+    assert stored["b" * 16]["message"] == "kept"
+    assert stored["b" * 16]["duration_ms"] == 4.5
