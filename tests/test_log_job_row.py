@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import pickle
 
 import pytest
 
@@ -102,3 +104,16 @@ def test_a_row_after_one_with_fewer_columns_in_the_same_batch_keeps_all_its_valu
     assert stored["c" * 16]["message"] is None
     assert stored["b" * 16]["message"] == "kept"
     assert stored["b" * 16]["duration_ms"] == 4.5
+
+
+def test_it_survives_pickling_under_every_protocol_and_copying_as_a_dict_does() -> None:
+    row = _row("Failed")
+    row.data = '{"k": 1}'
+    row.duration_ms = 2.5
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(row, protocol))
+        assert type(back) is LogJobRow and back == row, protocol
+    shallow, deep = copy.copy(row), copy.deepcopy(row)
+    assert shallow == row and deep == row
+    shallow.message = "only the copy"
+    assert row.message is None
