@@ -336,5 +336,17 @@ class LogJobRow(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"LogJobRow({self.as_dict()!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Slots and no __dict__: without this, protocols 0 and 1 refuse the row.
+        return _row_of_values, (_row_values(self),)
+
 
 _row_values = operator.attrgetter(*ROW_COLUMNS)
+
+
+def _row_of_values(values: tuple[Any, ...]) -> LogJobRow:
+    """A row back from its values in the order of ``ROW_COLUMNS`` (for pickle and copy)."""
+    row = LogJobRow.__new__(LogJobRow)
+    for column, value in zip(ROW_COLUMNS, values, strict=True):
+        setattr(row, column, value)
+    return row

@@ -378,7 +378,9 @@ def _open_orphan(path: Path) -> _Segment | None:
     except OSError:
         handle.close()  # its process is alive, or another writer adopted it
         return None
-    pending = sum(1 for line in handle if line.endswith(b"\n"))
+    # A last row without its newline is a write its process did not finish.
+    # It counts as a row all the same, so that reading it reports it as lost.
+    pending = sum(1 for _ in handle)
     return _Segment(path, handle, 0, pending)
 
 

@@ -556,11 +556,12 @@ class BatchWriter:
         return True
 
     def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
-        prepared = self._prepared.get(rows)
-        if prepared is None:
-            connection.execute(self._insert, [dict(row) for row in rows])
-        else:
-            prepared.execute(connection, rows)
+        for run in _runs_of_same_columns(rows):
+            prepared = self._prepared.get(run)
+            if prepared is None:
+                connection.execute(self._insert, [dict(row) for row in run])
+            else:
+                prepared.execute(connection, run)
 
     def _ensure_table(self) -> None:
         if self._table_ready:
@@ -833,6 +834,21 @@ class _PreparedInserts:
             return _PreparedInsert(self._statement, self._table, self._dialect, keys, by_attribute)
         except _NotPreparable:
             return None
+
+
+def _runs_of_same_columns(rows: Sequence[Row]) -> list[Sequence[Row]]:
+    """The rows in order, cut where the columns they carry change.
+
+    SQLAlchemy's generic executemany takes its columns from the first row and
+    silently leaves out the values of any column only later rows carry.
+    """
+    if all(type(row) is LogJobRow for row in rows):
+        return [rows]
+    return [list(run) for _, run in itertools.groupby(rows, key=_columns_of)]
+
+
+def _columns_of(row: Row) -> frozenset[str]:
+    return frozenset(row.keys())
 
 
 def _rows_per_statement(dialect: str, columns: int) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import pickle
 
 import pytest
 
+from reec_otel import log_job_table
 from reec_otel._schema import COLUMN_NAMES, ROW_COLUMNS, LogJobRow
-from reec_otel._writer import BatchWriter
+from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
 from tests.row_factory import make_row
 
@@ -76,3 +79,41 @@ def test_rows_of_both_kinds_in_one_batch_are_written_alike(
     assert stored["b" * 16]["create_user"] == "ana"
     assert stored["c" * 16]["exception_type"] == "ValueError"
     assert writer.statistics().rows_written == 2
+
+
+def test_a_row_after_one_with_fewer_columns_in_the_same_batch_keeps_all_its_values(
+    backend: Backend,
+) -> None:
+    # Two rows per batch and a long interval: both rows go in one batch.
+    engine = create_database_engine(backend.url)
+    writer = BatchWriter(
+        engine, log_job_table(backend.table_name), batch_rows=2, flush_interval_seconds=60
+    )
+    sparse = {k: v for k, v in make_row(span_id="c" * 16).items() if k != "message"}
+    compact = _row("Failed")
+    compact.message = "kept"
+    compact.duration_ms = 4.5
+    try:
+        assert writer.submit(sparse)
+        assert writer.submit(compact)
+        assert writer.force_flush(10_000)
+    finally:
+        writer.shutdown(10_000)
+
+    stored = {row["span_id"]: row for row in backend.rows()}
+    assert stored["c" * 16]["message"] is None
+    assert stored["b" * 16]["message"] == "kept"
+    assert stored["b" * 16]["duration_ms"] == 4.5
+
+
+def test_it_survives_pickling_under_every_protocol_and_copying_as_a_dict_does() -> None:
+    row = _row("Failed")
+    row.data = '{"k": 1}'
+    row.duration_ms = 2.5
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(row, protocol))
+        assert type(back) is LogJobRow and back == row, protocol
+    shallow, deep = copy.copy(row), copy.deepcopy(row)
+    assert shallow == row and deep == row
+    shallow.message = "only the copy"
+    assert row.message is None

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reec_otel import log_job_table
 from reec_otel._schema import LogJobRow
 from reec_otel._spool import Spool, _encode, default_spool_directory
@@ -60,7 +62,7 @@ def test_rows_larger_than_a_read_block_come_back_whole_in_order(tmp_path: Path) 
 
 
 def test_a_row_cut_short_at_the_end_of_an_adopted_file_is_skipped_and_counted(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     owner = Spool(tmp_path)
     owner.append([_row(1), _row(2)])
@@ -69,11 +71,14 @@ def test_a_row_cut_short_at_the_end_of_an_adopted_file_is_skipped_and_counted(
     with path.open("ab") as file:
         file.write(_encode(_row(3))[:-20])  # a write the process did not finish
     reader = Spool(tmp_path)
-    assert reader.adopt_orphans() == 2
+    # The cut row was accepted by the process that ended: it is lost, and says so.
+    assert reader.adopt_orphans() == 3
     assert reader.peek(10) == [_row(1), _row(2)]
     reader.consume(2)
+    assert reader.peek(10) == []
     assert reader.pending == 0
-    assert reader.take_lost() == 0
+    assert reader.take_lost() == 1
+    assert "unreadable row" in caplog.text
     reader.close()
 
 
