@@ -102,3 +102,18 @@ def test_instructions_are_counted_on_the_job_s_thread_and_grow_with_the_jobs(
     many = instructions._count("light_success", 220, tmp_path)
     # Two hundred more runs of a job cost more than a thousand instructions each.
     assert many - few > 200 * 1_000
+
+
+def test_a_scale_point_of_several_runs_is_the_median_run_with_the_largest_growth() -> None:
+    from benchmarks.scale import _summary
+
+    runs = [
+        {"us_per_job": 3.0, "rss_growth_mb": 1.0, "jobs": 10},
+        {"us_per_job": 1.0, "rss_growth_mb": 5.0, "jobs": 10},
+        {"us_per_job": 2.0, "rss_growth_mb": 2.0, "jobs": 10},
+    ]
+    point = _summary(runs)
+    assert point["us_per_job"] == 2.0
+    assert point["rss_growth_mb"] == 5.0
+    assert point["runs"] == 3
+    assert point["us_per_job_of_each_run"] == [3.0, 1.0, 2.0]
