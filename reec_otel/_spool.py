@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from reec_otel._diagnostics import RateLimitedLog
-from reec_otel._schema import LogJobRow
+from reec_otel._schema import ROW_COLUMNS, LogJobRow
 
 try:
     import fcntl
@@ -43,6 +43,9 @@ except ImportError:  # pragma: no cover - not POSIX
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
+# A row as a mapping, or a LogJobRow's values as a tuple in column order (as a
+# writer queues them); rows read back are always dicts.
+Entry = Mapping[str, Any] | tuple[Any, ...]
 
 DEFAULT_SPOOL_MAX_BYTES: Final = 64 * 1024 * 1024
 SUFFIX: Final = ".spool"
@@ -124,7 +127,7 @@ class Spool:
         """Rows waiting in the spool, adopted files included."""
         return sum(s.pending for s in self._segments)
 
-    def append(self, rows: Sequence[Row]) -> int:
+    def append(self, rows: Sequence[Entry]) -> int:
         """Append rows in order; return how many fit under the byte cap."""
         with self._lock:
             if self._closed or not rows:
@@ -172,7 +175,7 @@ class Spool:
             own.pending += len(lines)
             return len(lines)
 
-    def make_room(self, rows: Sequence[Row], keep: Callable[[Row], bool]) -> int:
+    def make_room(self, rows: Sequence[Entry], keep: Callable[[Row], bool]) -> int:
         """Evict unread rows of this process's file, newest first and never those
         *keep* chooses, until *rows* fit under the cap; return how many went.
 
@@ -219,7 +222,7 @@ class Spool:
             self._peeked = []
             return len(evicted)
 
-    def peek(self, count: int) -> list[Row]:
+    def peek(self, count: int) -> list[Entry]:
         """The next rows, oldest first, left in the spool until :meth:`consume`."""
         with self._lock:
             self._peeked = []
@@ -231,7 +234,7 @@ class Spool:
             if not self._segments or self._segments[0].pending == 0:
                 return []
             segment = self._segments[0]
-            rows: list[Row] = []
+            rows: list[Entry] = []
             # Read in large blocks and count offsets here: a system call per
             # row would hand the interpreter's lock to the application's
             # threads once per row.
@@ -406,8 +409,12 @@ _DATETIME: Final = "$datetime"
 _DATE: Final = "$date"
 
 
-def _encode(row: Row) -> bytes:
-    document = row.as_dict() if type(row) is LogJobRow else dict(row)
+def _encode(row: Entry) -> bytes:
+    # A writer queues a LogJobRow as its values in column order.
+    if isinstance(row, tuple):
+        document = dict(zip(ROW_COLUMNS, row, strict=True))
+    else:
+        document = row.as_dict() if type(row) is LogJobRow else dict(row)
     return (json.dumps(document, separators=(",", ":"), default=_tag) + "\n").encode("utf-8")
 
 

@@ -49,11 +49,19 @@ from reec_otel._errors import ConfigurationError
 from reec_otel._sanitize import redact_url_passwords
 from reec_otel._schema import ROW_COLUMNS, LogJobRow
 from reec_otel._settings import masked_url
-from reec_otel._spool import Spool
+from reec_otel._spool import Entry, Spool
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
+# What waits in the queue (see _spool.Entry): a mapping as submitted, or the
+# values of a LogJobRow as a plain tuple in the order of ROW_COLUMNS. A plain
+# tuple of strings, numbers and timestamps is dropped from the garbage
+# collector's watch after its first collection, as a dict of such values is,
+# where a LogJobRow stays watched: with a full queue, every full collection
+# would walk all of them.
+_Entry = Entry
+_STATE_AT: Final = ROW_COLUMNS.index("state_job")
 
 DEFAULT_MAX_QUEUE_ROWS: Final = 100_000
 DEFAULT_BATCH_ROWS: Final = 1_000
@@ -180,9 +188,9 @@ class BatchWriter:
     def _reset_runtime_state(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: deque[Row] = deque()
+        self._queue: deque[_Entry] = deque()
         self._queued_precious = 0  # Failed rows in the queue
-        self._in_flight: list[Row] = []  # rows out of the queue, not yet written or spooled
+        self._in_flight: list[_Entry] = []  # rows out of the queue, not yet written or spooled
         self._thread: threading.Thread | None = None
         self._accepted = 0  # rows ever queued (or adopted from an ended process's spool)
         self._settled = 0  # rows that left for good: written, rejected or dropped
@@ -208,11 +216,12 @@ class BatchWriter:
         When memory is full a Failed row takes the place of the newest other
         row, which is dropped instead.
         """
+        entry = row.values_in_order() if type(row) is LogJobRow else row
         with self._lock:
             dropped_before = self._dropped
-            accepted = not self._stopping and self._make_room(row)
+            accepted = not self._stopping and self._make_room(entry)
             if accepted:
-                self._append(row)
+                self._append(entry)
             else:
                 self._dropped += 1
             lost, dropped = self._dropped - dropped_before, self._dropped
@@ -311,7 +320,7 @@ class BatchWriter:
 
     # -- the queue (callers hold the lock) -----------------------------------
 
-    def _make_room(self, row: Row) -> bool:
+    def _make_room(self, row: _Entry) -> bool:
         # The batch being written counts too: it is still held in memory. Only
         # a Failed row may use the room that batch holds, so memory stays
         # within the bound plus one batch.
@@ -332,7 +341,7 @@ class BatchWriter:
                 return True
         return False  # pragma: no cover - the count above says one exists
 
-    def _append(self, row: Row) -> None:
+    def _append(self, row: _Entry) -> None:
         self._queue.append(row)
         self._accepted += 1
         self._queued_precious += _is_precious(row)
@@ -341,12 +350,12 @@ class BatchWriter:
         if len(self._queue) in (1, self.batch_rows, self._spill_at):
             self._wake.notify()
 
-    def _take(self, count: int) -> list[Row]:
+    def _take(self, count: int) -> list[_Entry]:
         rows = [self._queue.popleft() for _ in range(count)]
         self._queued_precious -= sum(map(_is_precious, rows))
         return rows
 
-    def _put_back(self, rows: Sequence[Row]) -> None:
+    def _put_back(self, rows: Sequence[_Entry]) -> None:
         self._queue.extendleft(reversed(rows))
         self._queued_precious += sum(map(_is_precious, rows))
 
@@ -394,7 +403,7 @@ class BatchWriter:
                 backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
                 self._outage = True
 
-    def _next_batch(self) -> tuple[list[Row], bool] | None:
+    def _next_batch(self) -> tuple[list[_Entry], bool] | None:
         """The next rows to write, and whether they came from memory (else the spool)."""
         with self._lock:
             waited_since = time.monotonic()
@@ -426,7 +435,7 @@ class BatchWriter:
             or time.monotonic() - waited_since >= self.flush_interval_seconds
         )
 
-    def _finish(self, batch: list[Row], from_memory: bool, done: int) -> bool:
+    def _finish(self, batch: list[_Entry], from_memory: bool, done: int) -> bool:
         """Return the unwritten rest of a batch to where it came from; False: stop."""
         with self._lock:
             self._in_flight = []
@@ -501,7 +510,7 @@ class BatchWriter:
             self._settled += lost
             self._wake.notify_all()
 
-    def _write_safely(self, batch: list[Row]) -> int:
+    def _write_safely(self, batch: list[_Entry]) -> int:
         if not batch:
             return 0
         try:
@@ -511,7 +520,7 @@ class BatchWriter:
             self._internal_error("writing a batch")
             return 0
 
-    def _write(self, batch: list[Row]) -> int:
+    def _write(self, batch: list[_Entry]) -> int:
         """Insert *batch*; return how many rows, from the front, are settled.
 
         Fewer than all means "try the rest again later": the database is away.
@@ -531,7 +540,7 @@ class BatchWriter:
         logger.debug("LogJob writer wrote %d rows.", len(batch))
         return len(batch)
 
-    def _write_one_by_one(self, batch: list[Row]) -> int:
+    def _write_one_by_one(self, batch: list[_Entry]) -> int:
         for index, row in enumerate(batch):
             try:
                 with self.engine.begin() as connection:
@@ -555,11 +564,11 @@ class BatchWriter:
             return False
         return True
 
-    def _insert_rows(self, connection: Connection, rows: Sequence[Row]) -> None:
+    def _insert_rows(self, connection: Connection, rows: Sequence[_Entry]) -> None:
         for run in _runs_of_same_columns(rows):
             prepared = self._prepared.get(run)
             if prepared is None:
-                connection.execute(self._insert, [dict(row) for row in run])
+                connection.execute(self._insert, [dict(_as_mapping(row)) for row in run])
             else:
                 prepared.execute(connection, run)
 
@@ -595,7 +604,8 @@ class BatchWriter:
             message,
         )
 
-    def _reject(self, row: Row, exc: BaseException) -> None:
+    def _reject(self, entry: _Entry, exc: BaseException) -> None:
+        row = _as_mapping(entry)
         message = _describe(exc)
         with self._lock:
             self._last_error = message
@@ -700,7 +710,7 @@ class _PreparedInsert:
         table: Table,
         dialect: Dialect,
         keys: tuple[str, ...],
-        by_attribute: bool,
+        by_position: bool,
     ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         self.sql = compiled.string
@@ -717,11 +727,12 @@ class _PreparedInsert:
         if sorted(names) != sorted(keys):
             raise _NotPreparable(names)
         self.keys = names
-        # LogJobRow keeps its values in attributes, mappings under keys.
-        if by_attribute:
-            self.pick = operator.attrgetter(*names) if len(names) > 1 else _one_attribute(names[0])
-        else:
-            self.pick = operator.itemgetter(*names) if len(names) > 1 else _one_item(names[0])
+        # A queued LogJobRow's values are a tuple in column order; mappings
+        # are read by key.
+        picked: tuple[Any, ...] = (
+            tuple(ROW_COLUMNS.index(name) for name in names) if by_position else names
+        )
+        self.pick = operator.itemgetter(*picked) if len(picked) > 1 else _one_item(picked[0])
         self.values_clause = (
             _values_clause(self.sql, len(names)) if dialect.name == "sqlite" else None
         )
@@ -732,13 +743,13 @@ class _PreparedInsert:
             if (processor := table.columns[key].type.dialect_impl(dialect).bind_processor(dialect))
         ]
 
-    def execute(self, connection: Connection, rows: Sequence[Row]) -> None:
+    def execute(self, connection: Connection, rows: Sequence[_Entry]) -> None:
         if self.values_clause is None:
             connection.exec_driver_sql(self.sql, self._parameters(rows))
         else:
             self._execute_multi_row(connection, self._parameters(rows), self.values_clause)
 
-    def _parameters(self, rows: Sequence[Row]) -> list[Any]:
+    def _parameters(self, rows: Sequence[_Entry]) -> list[Any]:
         keys = self.keys
         pick = self.pick
         converters = self.converters
@@ -766,10 +777,11 @@ class _PreparedInsert:
         # waits a switch interval per row. One statement of many rows releases
         # it once.
         # TODO: against a thread that runs empty jobs back to back the writer
-        # falls behind and, past the spool's cap, rows are dropped. The limit is
-        # the Python work per row under the shared GIL (synchronous=NORMAL was
-        # measured and did not help); rows as tuples with values converted in
-        # bulk would let it keep up.
+        # falls behind and, past the spool's cap, rows are dropped. Its time
+        # goes to SQLite's page writes and fdatasync, then to GIL hand-overs
+        # with the job's thread (synchronous=NORMAL was measured and did not
+        # help); converting values in bulk rather than per row would shorten
+        # the Python part.
         head, values, tail = clause
         step = self.rows_per_statement
         for start in range(0, len(parameters), step):
@@ -778,12 +790,8 @@ class _PreparedInsert:
             connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(chunk)))
 
 
-def _one_item(key: str) -> Callable[[Row], tuple[Any, ...]]:
+def _one_item(key: Any) -> Callable[[Any], tuple[Any, ...]]:
     return lambda row: (row[key],)
-
-
-def _one_attribute(name: str) -> Callable[[Row], tuple[Any, ...]]:
-    return lambda row: (getattr(row, name),)
 
 
 def _values_clause(sql: str, parameters: int) -> tuple[str, str, str] | None:
@@ -811,44 +819,52 @@ class _PreparedInserts:
         self._dialect = dialect
         self._by_keys: dict[tuple[tuple[str, ...], bool], _PreparedInsert | None] = {}
 
-    def get(self, rows: Sequence[Row]) -> _PreparedInsert | None:
+    def get(self, rows: Sequence[_Entry]) -> _PreparedInsert | None:
         if not rows:
             return None
-        if all(type(row) is LogJobRow for row in rows):
-            # Rows of the processor: every column, by attribute.
-            return self._prepared(ROW_COLUMNS, by_attribute=True)
-        first = rows[0].keys()
-        if any(type(row) is LogJobRow or row.keys() != first for row in rows):
+        if all(type(row) is tuple for row in rows):
+            # Rows of the processor: every column, by position.
+            return self._prepared(ROW_COLUMNS, by_position=True)
+        first = rows[0]
+        if isinstance(first, tuple):
             return None
-        return self._prepared(tuple(first), by_attribute=False)
+        keys = first.keys()
+        if any(isinstance(row, tuple) or row.keys() != keys for row in rows):
+            return None
+        return self._prepared(tuple(keys), by_position=False)
 
-    def _prepared(self, keys: tuple[str, ...], by_attribute: bool) -> _PreparedInsert | None:
-        if (keys, by_attribute) not in self._by_keys:
-            self._by_keys[keys, by_attribute] = self._prepare(keys, by_attribute)
-        return self._by_keys[keys, by_attribute]
+    def _prepared(self, keys: tuple[str, ...], by_position: bool) -> _PreparedInsert | None:
+        if (keys, by_position) not in self._by_keys:
+            self._by_keys[keys, by_position] = self._prepare(keys, by_position)
+        return self._by_keys[keys, by_position]
 
-    def _prepare(self, keys: tuple[str, ...], by_attribute: bool) -> _PreparedInsert | None:
+    def _prepare(self, keys: tuple[str, ...], by_position: bool) -> _PreparedInsert | None:
         if not set(keys) <= set(self._table.columns.keys()):
             return None
         try:
-            return _PreparedInsert(self._statement, self._table, self._dialect, keys, by_attribute)
+            return _PreparedInsert(self._statement, self._table, self._dialect, keys, by_position)
         except _NotPreparable:
             return None
 
 
-def _runs_of_same_columns(rows: Sequence[Row]) -> list[Sequence[Row]]:
+def _runs_of_same_columns(rows: Sequence[_Entry]) -> list[Sequence[_Entry]]:
     """The rows in order, cut where the columns they carry change.
 
     SQLAlchemy's generic executemany takes its columns from the first row and
     silently leaves out the values of any column only later rows carry.
     """
-    if all(type(row) is LogJobRow for row in rows):
+    if all(type(row) is tuple for row in rows):
         return [rows]
     return [list(run) for _, run in itertools.groupby(rows, key=_columns_of)]
 
 
-def _columns_of(row: Row) -> frozenset[str]:
-    return frozenset(row.keys())
+def _columns_of(row: _Entry) -> frozenset[str] | None:
+    # None: a LogJobRow's values, which go by position, apart from any mapping.
+    return None if isinstance(row, tuple) else frozenset(row.keys())
+
+
+def _as_mapping(entry: _Entry) -> Mapping[str, Any]:
+    return dict(zip(ROW_COLUMNS, entry, strict=True)) if isinstance(entry, tuple) else entry
 
 
 def _rows_per_statement(dialect: str, columns: int) -> int:
@@ -860,8 +876,9 @@ def _rows_per_statement(dialect: str, columns: int) -> int:
     return max(1, min(limit // columns, 1_000))
 
 
-def _is_precious(row: Row) -> bool:
-    return row.get("state_job") == _PRECIOUS_STATE
+def _is_precious(row: _Entry) -> bool:
+    state = row[_STATE_AT] if type(row) is tuple else row.get("state_job")  # type: ignore[union-attr]
+    return bool(state == _PRECIOUS_STATE)
 
 
 def _is_transient(exc: BaseException) -> bool:

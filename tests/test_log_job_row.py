@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import gc
 import pickle
 
 import pytest
@@ -117,3 +118,19 @@ def test_it_survives_pickling_under_every_protocol_and_copying_as_a_dict_does() 
     assert shallow == row and deep == row
     shallow.message = "only the copy"
     assert row.message is None
+
+
+def test_a_queued_row_leaves_the_garbage_collector_s_watch_as_a_dict_would(tmp_path) -> None:
+    # A full queue holds 100 000 rows: were they watched, every full collection
+    # of the application would walk them all.
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    writer = BatchWriter(engine, log_job_table("log_job"), flush_interval_seconds=60)
+    try:
+        for index in range(10):
+            assert writer.submit(_row("Failed" if index % 2 else "Enqueued"))
+        gc.collect()
+        assert len(writer._queue) == 10
+        assert not any(gc.is_tracked(entry) for entry in writer._queue)
+        assert writer.statistics().rows_queued == 10
+    finally:
+        writer.shutdown(10_000)
