@@ -216,10 +216,6 @@ class BatchWriter:
         When memory is full a Failed row takes the place of the newest other
         row, which is dropped instead.
         """
-        # TODO: since rows are queued as tuples, callgrind counts about 20 000
-        # more instructions per full-mode job on the job's thread (344k -> 366k,
-        # garbage collector on or off), which the conversion alone does not
-        # explain. A per-function count of both versions would find where.
         entry = row.values_in_order() if type(row) is LogJobRow else row
         with self._lock:
             dropped_before = self._dropped

@@ -134,3 +134,10 @@ def test_a_queued_row_leaves_the_garbage_collector_s_watch_as_a_dict_would(tmp_p
         assert writer.statistics().rows_queued == 10
     finally:
         writer.shutdown(10_000)
+
+
+def test_its_values_come_in_the_order_of_the_columns() -> None:
+    row = _row()
+    for index, column in enumerate(ROW_COLUMNS):
+        setattr(row, column, f"value {index}")
+    assert row.values_in_order() == tuple(f"value {i}" for i in range(len(ROW_COLUMNS)))
