@@ -12,7 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -70,10 +75,15 @@ class NullExporter(SpanExporter):
         return True
 
 
-def exporting_provider() -> TracerProvider:
-    """An SDK provider whose spans go through a BatchSpanProcessor to nowhere."""
+def exporting_provider(*, on_the_span_s_thread: bool = False) -> TracerProvider:
+    """An SDK provider whose spans go to nowhere through a BatchSpanProcessor, or
+    a SimpleSpanProcessor when they are to be exported on the span's own thread."""
     provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(NullExporter()))
+    exporter = NullExporter()
+    if on_the_span_s_thread:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    else:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 

@@ -25,10 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-from benchmarks._common import NullExporter, Sizes
+from benchmarks._common import Sizes, exporting_provider
 from benchmarks.hot_path import bare_span_job, job_body
 
 SUBJECTS = ("bare_span", "light_success", "full_success")
@@ -78,19 +75,18 @@ def _count(subject: str, jobs: int, workdir: Path) -> int:
     return int(match.group(1))
 
 
-def _provider() -> TracerProvider:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
-    return provider
-
-
 def _run_jobs(subject: str, jobs: int, url: str) -> None:
     import reec_otel
 
+    provider = exporting_provider(on_the_span_s_thread=True)
     if subject == "bare_span":
-        function = bare_span_job(_provider().get_tracer("bench"))
+        function = bare_span_job(provider.get_tracer("bench"))
     else:
-        reec_otel.configure(database_url=url, application_name="bench", tracer_provider=_provider())
+        reec_otel.configure(
+            database_url=url,
+            application_name="bench",
+            tracer_provider=provider,
+        )
         worker = reec_otel.Worker(
             "bench", is_light_execution=subject == "light_success", run_function=job_body
         )

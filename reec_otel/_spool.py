@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from reec_otel._diagnostics import RateLimitedLog
-from reec_otel._schema import ROW_COLUMNS, LogJobRow
+from reec_otel._schema import ROW_COLUMNS
 
 try:
     import fcntl
@@ -409,12 +409,13 @@ _DATETIME: Final = "$datetime"
 _DATE: Final = "$date"
 
 
+def entry_as_mapping(entry: Entry) -> Mapping[str, Any]:
+    """A row as a mapping of column to value, a LogJobRow's values included."""
+    return dict(zip(ROW_COLUMNS, entry, strict=True)) if isinstance(entry, tuple) else entry
+
+
 def _encode(row: Entry) -> bytes:
-    # A writer queues a LogJobRow as its values in column order.
-    if isinstance(row, tuple):
-        document = dict(zip(ROW_COLUMNS, row, strict=True))
-    else:
-        document = row.as_dict() if type(row) is LogJobRow else dict(row)
+    document = dict(entry_as_mapping(row))
     return (json.dumps(document, separators=(",", ":"), default=_tag) + "\n").encode("utf-8")
 
 

@@ -49,18 +49,17 @@ from reec_otel._errors import ConfigurationError
 from reec_otel._sanitize import redact_url_passwords
 from reec_otel._schema import ROW_COLUMNS, LogJobRow
 from reec_otel._settings import masked_url
-from reec_otel._spool import Entry, Spool
+from reec_otel._spool import Entry, Spool, entry_as_mapping
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
-# What waits in the queue (see _spool.Entry): a mapping as submitted, or the
-# values of a LogJobRow as a plain tuple in the order of ROW_COLUMNS. A plain
-# tuple of strings, numbers and timestamps is dropped from the garbage
+# What waits in the queue is an Entry (see _spool): a mapping as submitted, or
+# the values of a LogJobRow as a plain tuple in the order of ROW_COLUMNS. A
+# plain tuple of strings, numbers and timestamps is dropped from the garbage
 # collector's watch after its first collection, as a dict of such values is,
 # where a LogJobRow stays watched: with a full queue, every full collection
 # would walk all of them.
-_Entry = Entry
 _STATE_AT: Final = ROW_COLUMNS.index("state_job")
 
 DEFAULT_MAX_QUEUE_ROWS: Final = 100_000
@@ -188,9 +187,9 @@ class BatchWriter:
     def _reset_runtime_state(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[Entry] = deque()
         self._queued_precious = 0  # Failed rows in the queue
-        self._in_flight: list[_Entry] = []  # rows out of the queue, not yet written or spooled
+        self._in_flight: list[Entry] = []  # rows out of the queue, not yet written or spooled
         self._thread: threading.Thread | None = None
         self._accepted = 0  # rows ever queued (or adopted from an ended process's spool)
         self._settled = 0  # rows that left for good: written, rejected or dropped
@@ -320,7 +319,7 @@ class BatchWriter:
 
     # -- the queue (callers hold the lock) -----------------------------------
 
-    def _make_room(self, row: _Entry) -> bool:
+    def _make_room(self, row: Entry) -> bool:
         # The batch being written counts too: it is still held in memory. Only
         # a Failed row may use the room that batch holds, so memory stays
         # within the bound plus one batch.
@@ -341,7 +340,7 @@ class BatchWriter:
                 return True
         return False  # pragma: no cover - the count above says one exists
 
-    def _append(self, row: _Entry) -> None:
+    def _append(self, row: Entry) -> None:
         self._queue.append(row)
         self._accepted += 1
         self._queued_precious += _is_precious(row)
@@ -350,12 +349,12 @@ class BatchWriter:
         if len(self._queue) in (1, self.batch_rows, self._spill_at):
             self._wake.notify()
 
-    def _take(self, count: int) -> list[_Entry]:
+    def _take(self, count: int) -> list[Entry]:
         rows = [self._queue.popleft() for _ in range(count)]
         self._queued_precious -= sum(map(_is_precious, rows))
         return rows
 
-    def _put_back(self, rows: Sequence[_Entry]) -> None:
+    def _put_back(self, rows: Sequence[Entry]) -> None:
         self._queue.extendleft(reversed(rows))
         self._queued_precious += sum(map(_is_precious, rows))
 
@@ -403,7 +402,7 @@ class BatchWriter:
                 backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_SECONDS)
                 self._outage = True
 
-    def _next_batch(self) -> tuple[list[_Entry], bool] | None:
+    def _next_batch(self) -> tuple[list[Entry], bool] | None:
         """The next rows to write, and whether they came from memory (else the spool)."""
         with self._lock:
             waited_since = time.monotonic()
@@ -435,7 +434,7 @@ class BatchWriter:
             or time.monotonic() - waited_since >= self.flush_interval_seconds
         )
 
-    def _finish(self, batch: list[_Entry], from_memory: bool, done: int) -> bool:
+    def _finish(self, batch: list[Entry], from_memory: bool, done: int) -> bool:
         """Return the unwritten rest of a batch to where it came from; False: stop."""
         with self._lock:
             self._in_flight = []
@@ -510,7 +509,7 @@ class BatchWriter:
             self._settled += lost
             self._wake.notify_all()
 
-    def _write_safely(self, batch: list[_Entry]) -> int:
+    def _write_safely(self, batch: list[Entry]) -> int:
         if not batch:
             return 0
         try:
@@ -520,7 +519,7 @@ class BatchWriter:
             self._internal_error("writing a batch")
             return 0
 
-    def _write(self, batch: list[_Entry]) -> int:
+    def _write(self, batch: list[Entry]) -> int:
         """Insert *batch*; return how many rows, from the front, are settled.
 
         Fewer than all means "try the rest again later": the database is away.
@@ -540,7 +539,7 @@ class BatchWriter:
         logger.debug("LogJob writer wrote %d rows.", len(batch))
         return len(batch)
 
-    def _write_one_by_one(self, batch: list[_Entry]) -> int:
+    def _write_one_by_one(self, batch: list[Entry]) -> int:
         for index, row in enumerate(batch):
             try:
                 with self.engine.begin() as connection:
@@ -564,11 +563,11 @@ class BatchWriter:
             return False
         return True
 
-    def _insert_rows(self, connection: Connection, rows: Sequence[_Entry]) -> None:
+    def _insert_rows(self, connection: Connection, rows: Sequence[Entry]) -> None:
         for run in _runs_of_same_columns(rows):
             prepared = self._prepared.get(run)
             if prepared is None:
-                connection.execute(self._insert, [dict(_as_mapping(row)) for row in run])
+                connection.execute(self._insert, [dict(entry_as_mapping(row)) for row in run])
             else:
                 prepared.execute(connection, run)
 
@@ -604,8 +603,8 @@ class BatchWriter:
             message,
         )
 
-    def _reject(self, entry: _Entry, exc: BaseException) -> None:
-        row = _as_mapping(entry)
+    def _reject(self, entry: Entry, exc: BaseException) -> None:
+        row = entry_as_mapping(entry)
         message = _describe(exc)
         with self._lock:
             self._last_error = message
@@ -743,13 +742,13 @@ class _PreparedInsert:
             if (processor := table.columns[key].type.dialect_impl(dialect).bind_processor(dialect))
         ]
 
-    def execute(self, connection: Connection, rows: Sequence[_Entry]) -> None:
+    def execute(self, connection: Connection, rows: Sequence[Entry]) -> None:
         if self.values_clause is None:
             connection.exec_driver_sql(self.sql, self._parameters(rows))
         else:
             self._execute_multi_row(connection, self._parameters(rows), self.values_clause)
 
-    def _parameters(self, rows: Sequence[_Entry]) -> list[Any]:
+    def _parameters(self, rows: Sequence[Entry]) -> list[Any]:
         keys = self.keys
         pick = self.pick
         converters = self.converters
@@ -819,19 +818,15 @@ class _PreparedInserts:
         self._dialect = dialect
         self._by_keys: dict[tuple[tuple[str, ...], bool], _PreparedInsert | None] = {}
 
-    def get(self, rows: Sequence[_Entry]) -> _PreparedInsert | None:
-        if not rows:
+    def get(self, run: Sequence[Entry]) -> _PreparedInsert | None:
+        """The insert for *run*, rows of the same columns (see _runs_of_same_columns)."""
+        if not run:
             return None
-        if all(type(row) is tuple for row in rows):
+        first = run[0]
+        if isinstance(first, tuple):
             # Rows of the processor: every column, by position.
             return self._prepared(ROW_COLUMNS, by_position=True)
-        first = rows[0]
-        if isinstance(first, tuple):
-            return None
-        keys = first.keys()
-        if any(isinstance(row, tuple) or row.keys() != keys for row in rows):
-            return None
-        return self._prepared(tuple(keys), by_position=False)
+        return self._prepared(tuple(first.keys()), by_position=False)
 
     def _prepared(self, keys: tuple[str, ...], by_position: bool) -> _PreparedInsert | None:
         if (keys, by_position) not in self._by_keys:
@@ -847,7 +842,7 @@ class _PreparedInserts:
             return None
 
 
-def _runs_of_same_columns(rows: Sequence[_Entry]) -> list[Sequence[_Entry]]:
+def _runs_of_same_columns(rows: Sequence[Entry]) -> list[Sequence[Entry]]:
     """The rows in order, cut where the columns they carry change.
 
     SQLAlchemy's generic executemany takes its columns from the first row and
@@ -858,13 +853,9 @@ def _runs_of_same_columns(rows: Sequence[_Entry]) -> list[Sequence[_Entry]]:
     return [list(run) for _, run in itertools.groupby(rows, key=_columns_of)]
 
 
-def _columns_of(row: _Entry) -> frozenset[str] | None:
+def _columns_of(row: Entry) -> frozenset[str] | None:
     # None: a LogJobRow's values, which go by position, apart from any mapping.
     return None if isinstance(row, tuple) else frozenset(row.keys())
-
-
-def _as_mapping(entry: _Entry) -> Mapping[str, Any]:
-    return dict(zip(ROW_COLUMNS, entry, strict=True)) if isinstance(entry, tuple) else entry
 
 
 def _rows_per_statement(dialect: str, columns: int) -> int:
@@ -876,7 +867,7 @@ def _rows_per_statement(dialect: str, columns: int) -> int:
     return max(1, min(limit // columns, 1_000))
 
 
-def _is_precious(row: _Entry) -> bool:
+def _is_precious(row: Entry) -> bool:
     state = row[_STATE_AT] if type(row) is tuple else row.get("state_job")  # type: ignore[union-attr]
     return bool(state == _PRECIOUS_STATE)
 
