@@ -12,10 +12,10 @@ deferred), then Succeeded or Failed when it ends. Light mode: only Failed.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from opentelemetry.context import Context
@@ -27,7 +27,7 @@ from reec_otel import _attributes as attrs
 from reec_otel import _text
 from reec_otel._attributes import StateJob
 from reec_otel._diagnostics import RateLimitedLog
-from reec_otel._schema import LogJobRow, log_job_table
+from reec_otel._schema import log_job_table, pending_row, row_of_pending
 from reec_otel._settings import (
     LogJobOptions,
     application_name_of_service,
@@ -39,13 +39,14 @@ __all__ = ["LogJobSpanProcessor"]
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _GROUP_TYPE = "builtins.ExceptionGroup"
 _MAX_OPEN_JOBS = 100_000
 # The states as plain text, as span attributes carry them.
+_ENQUEUED = StateJob.ENQUEUED.value
 _PROCESSING = StateJob.PROCESSING.value
 _SUCCEEDED = StateJob.SUCCEEDED.value
 _FAILED = StateJob.FAILED.value
+_NO_ATTRIBUTES: Mapping[str, Any] = {}
 
 
 class RowSink(Protocol):
@@ -90,6 +91,12 @@ class LogJobSpanProcessor(SpanProcessor):
             table = log_job_table(options.table_name, options.schema)
             writer = BatchWriter(create_database_engine(database_url), table)
         self.writer = writer
+        # The background writer takes the processor's rows as they are made
+        # (see pending_row); any other sink gets each row as a LogJobRow.
+        if isinstance(writer, BatchWriter):
+            self._submit: Callable[..., object] = writer.submit_pending
+        else:
+            self._submit = self._submit_to_sink
         if application_name is not None:
             validate_application_name(application_name, "application_name")
         self.application_name = application_name
@@ -132,14 +139,14 @@ class LogJobSpanProcessor(SpanProcessor):
     # -- spans to rows -------------------------------------------------------
 
     def _started(self, span: Span) -> None:
-        attributes = span.attributes
-        if self._shut_down or not self.is_save_db or not attributes:
+        if self._shut_down or not self.is_save_db:
             return
-        name = attributes.get(attrs.NAME)
+        attributes = span.attributes
+        name = attributes.get(attrs.NAME) if attributes is not None else None
         if name is None:
             return
-        light = attributes.get(attrs.LIGHT)
-        if light is not None and len(attributes) == 2:
+        light = attributes.get(attrs.LIGHT)  # type: ignore[union-attr]
+        if light is not None and len(attributes) == 2:  # type: ignore[arg-type]
             # A run that starts at once, without a user, carries these two
             # alone: no other key needs looking for.
             if light is True:
@@ -149,34 +156,45 @@ class LogJobSpanProcessor(SpanProcessor):
             job = _Job(_text.safe_str(name, _text.MAX_NAME_CHARS), False, None)
             phase = deferred = None
         else:
-            job = _Job.of(name, attributes)
-            phase = _optional(attributes, attrs.PHASE)
-            deferred = _optional(attributes, attrs.DEFERRED)
+            job = _Job.of(name, attributes)  # type: ignore[arg-type]
+            phase = attributes.get(attrs.PHASE)  # type: ignore[union-attr]
+            deferred = attributes.get(attrs.DEFERRED)  # type: ignore[union-attr]
+        span_context = span.get_span_context()
         if phase == attrs.PHASE_PROCESSING:
             parent = span.parent
             if parent is not None and not job.light:
-                row = self._row(span, job, StateJob.PROCESSING, span.start_time, parent.span_id)
-                self.writer.submit(row)
+                self._submit(self._pending(span, job, _PROCESSING, span.start_time, parent.span_id))
             return
-        span_id = span.get_span_context().span_id
+        span_id = span_context.span_id
         self._remember(span_id, job)
         if job.light:
             return
-        enqueued = self._row(span, job, StateJob.ENQUEUED, span.start_time, span_id)
-        self.writer.submit(enqueued)
-        if deferred is not True:
-            # The same instant of the same run: only the state differs.
-            self.writer.submit(enqueued.in_state(_PROCESSING))
+        application_name = self._application_name(span)
+        trace_id = span_context.trace_id
+        time_ns = span.start_time or time.time_ns()
+        enqueued = pending_row(
+            application_name, job.name, _ENQUEUED, trace_id, span_id, job.create_user, time_ns
+        )
+        if deferred is True:
+            self._submit(enqueued)
+            return
+        # The same instant of the same run: only the state differs.
+        processing = pending_row(
+            application_name, job.name, _PROCESSING, trace_id, span_id, job.create_user, time_ns
+        )
+        self._submit(enqueued, processing)
 
     def _ended(self, span: ReadableSpan) -> None:
         span_id = span.get_span_context().span_id  # type: ignore[union-attr]
         # The job's identity as it was at start: the span's attributes may
         # since have been evicted by the SDK's attribute limit.
         job = self._open.pop(span_id, None)
-        attributes = span.attributes or {}
+        attributes = span.attributes
+        if attributes is None:
+            attributes = _NO_ATTRIBUTES
         if job is None:
             name = attributes.get(attrs.NAME)
-            if self._shut_down or name is None or _optional(attributes, attrs.PHASE) is not None:
+            if self._shut_down or name is None or attributes.get(attrs.PHASE) is not None:
                 return
             job = _Job.of(name, attributes)
         # A run that started before shutdown still hands its final row over,
@@ -185,17 +203,22 @@ class LogJobSpanProcessor(SpanProcessor):
             return
         state = _final_state(span, attributes)
         if job.light:
-            if state is StateJob.SUCCEEDED:
+            if state is _SUCCEEDED:
                 return
             job = job.cleaned()
-        row = self._row(span, job, state, span.end_time, span_id)
-        row.duration_ms = _duration_ms(span, attributes)
-        row.message = _optional_text(_optional(attributes, attrs.MESSAGE), _text.MAX_MESSAGE_CHARS)
-        data = _optional(attributes, attrs.DATA)
-        row.data = data if isinstance(data, str) else None
-        if state is StateJob.FAILED:
-            _set_failure_fields(row, span.events)
-        self.writer.submit(row)
+        data = attributes.get(attrs.DATA)
+        row = self._pending(
+            span,
+            job,
+            state,
+            span.end_time,
+            span_id,
+            _duration_ms(span, attributes),
+            _optional_text(attributes.get(attrs.MESSAGE), _text.MAX_MESSAGE_CHARS),
+            data if isinstance(data, str) else None,
+            *(_failure_fields(span.events) if state is _FAILED else ()),
+        )
+        self._submit(row)
 
     def _remember(self, span_id: int, job: _Job) -> None:
         open_jobs = self._open
@@ -204,23 +227,30 @@ class LogJobSpanProcessor(SpanProcessor):
             # Spans that never end must not grow memory without bound.
             open_jobs.pop(next(iter(open_jobs)), None)
 
-    def _row(
+    def _pending(
         self,
         span: ReadableSpan,
         job: _Job,
-        state: StateJob,
+        state: str,
         time_ns: int | None,
         span_id: int,
-    ) -> LogJobRow:
-        return LogJobRow(
+        *final: Any,
+    ) -> tuple[Any, ...]:
+        """A pending row (see pending_row) for one state of *span*'s job."""
+        return pending_row(
             self._application_name(span),
             job.name,
-            state.value,
-            f"{span.get_span_context().trace_id:032x}",  # type: ignore[union-attr]
-            f"{span_id:016x}",
+            state,
+            span.get_span_context().trace_id,  # type: ignore[union-attr]
+            span_id,
             job.create_user,
-            _timestamp(time_ns),
+            time_ns or time.time_ns(),
+            *final,
         )
+
+    def _submit_to_sink(self, *rows: tuple[Any, ...]) -> None:
+        for row in rows:
+            self.writer.submit(row_of_pending(row))
 
     def _application_name(self, span: ReadableSpan) -> str:
         if self.application_name is not None:
@@ -259,18 +289,19 @@ class _Job(NamedTuple):
             _text.safe_str(name, _text.MAX_NAME_CHARS),
             # Only a real boolean True: the text "false" from other code is not.
             attributes.get(attrs.LIGHT) is True,
-            _optional_text(_optional(attributes, attrs.CREATE_USER), _text.MAX_NAME_CHARS),
+            _optional_text(attributes.get(attrs.CREATE_USER), _text.MAX_NAME_CHARS),
         )
 
 
-def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> StateJob:
+def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
+    """Succeeded or Failed, as the interned constants above (compare with ``is``)."""
     # A job span started by other code may carry no state: its status decides.
     state = attributes.get(attrs.STATE)
     if state == _FAILED:
-        return StateJob.FAILED
+        return _FAILED
     if state == _SUCCEEDED:
-        return StateJob.SUCCEEDED
-    return StateJob.FAILED if span.status.status_code is StatusCode.ERROR else StateJob.SUCCEEDED
+        return _SUCCEEDED
+    return _FAILED if span.status.status_code is StatusCode.ERROR else _SUCCEEDED
 
 
 def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | None:
@@ -282,8 +313,9 @@ def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | N
     return (span.end_time - span.start_time) / 1e6
 
 
-def _set_failure_fields(row: LogJobRow, events: Sequence[Event]) -> None:
-    """Fill the exception columns of a Failed row from the span's exception events.
+def _failure_fields(events: Sequence[Event]) -> tuple[str | None, ...]:
+    """The exception columns of a Failed row, from the span's exception events:
+    ``exception_type``, ``exception``, ``inner_exception`` and ``stack_trace``.
 
     One event is the job's exception. A second one, from the exception handler,
     makes the row describe both together as an exception group.
@@ -296,33 +328,23 @@ def _set_failure_fields(row: LogJobRow, events: Sequence[Event]) -> None:
     if marked:
         exceptions = marked
     if not exceptions:
-        return
+        return (None, None, None, None)
     first = exceptions[0]
     if len(exceptions) == 1:
-        row.exception_type = _optional_text(first.get(attrs.EXCEPTION_TYPE), _text.MAX_NAME_CHARS)
-        row.exception = _optional_text(
-            first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
+        return (
+            _optional_text(first.get(attrs.EXCEPTION_TYPE), _text.MAX_NAME_CHARS),
+            _optional_text(first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS),
+            _optional_text(first.get(attrs.EXCEPTION_INNER), _text.MAX_EXCEPTION_CHARS),
+            _optional_text(first.get(attrs.EXCEPTION_STACKTRACE), _text.MAX_STACK_TRACE_CHARS),
         )
-        row.inner_exception = _optional_text(
-            first.get(attrs.EXCEPTION_INNER), _text.MAX_EXCEPTION_CHARS
-        )
-        row.stack_trace = _optional_text(
-            first.get(attrs.EXCEPTION_STACKTRACE), _text.MAX_STACK_TRACE_CHARS
-        )
-        return
     parts = [_describe_event(e) for e in exceptions]
     traces = [str(e.get(attrs.EXCEPTION_STACKTRACE, "")) for e in exceptions]
-    row.exception_type = _GROUP_TYPE
-    row.exception = _text.clean(
+    exception = _text.clean(
         f"run_function_exception failed while handling the job's exception "
         f"({len(exceptions)} sub-exceptions): " + "; ".join(parts),
         _text.MAX_EXCEPTION_CHARS,
     )
-    # The job's own exception is what the handler's failure happened behind.
-    row.inner_exception = _optional_text(
-        first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS
-    )
-    row.stack_trace = _text.clean(
+    stack_trace = _text.clean(
         f"{_GROUP_TYPE}: the job's exception, then the handler's\n"
         + "\n".join(
             f"+---------------- {index} ----------------\n{trace}"
@@ -330,23 +352,14 @@ def _set_failure_fields(row: LogJobRow, events: Sequence[Event]) -> None:
         ),
         _text.MAX_STACK_TRACE_CHARS,
     )
+    # The job's own exception is what the handler's failure happened behind.
+    inner = _optional_text(first.get(attrs.EXCEPTION_MESSAGE), _text.MAX_EXCEPTION_CHARS)
+    return (_GROUP_TYPE, exception, inner, stack_trace)
 
 
 def _describe_event(event: Mapping[str, Any]) -> str:
     return f"{event.get(attrs.EXCEPTION_TYPE, '?')}: {event.get(attrs.EXCEPTION_MESSAGE, '')}"
 
 
-def _optional(attributes: Mapping[str, Any], key: str) -> Any:
-    # A span's attributes are a mapping whose get() raises and catches
-    # KeyError for a missing key; a membership test is cheaper.
-    return attributes[key] if key in attributes else None  # noqa: SIM401
-
-
 def _optional_text(value: Any, limit: int) -> str | None:
     return None if value is None else _text.safe_str(value, limit)
-
-
-def _timestamp(time_ns: int | None) -> dt.datetime:
-    if time_ns is None:
-        return dt.datetime.now(dt.UTC)
-    return _EPOCH + dt.timedelta(microseconds=time_ns // 1000)

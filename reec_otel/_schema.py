@@ -12,8 +12,8 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -291,27 +291,6 @@ class LogJobRow(Mapping[str, Any]):
         self.create_date = create_date
         self.create_date_only = create_date.date()
 
-    def in_state(self, state_job: str) -> LogJobRow:
-        """A copy of this row for another state of the same run at the same instant."""
-        row = LogJobRow(
-            self.application_name,
-            self.name_job,
-            state_job,
-            self.trace_identifier,
-            self.span_id,
-            self.create_user,
-            self.create_date,
-        )
-        row.create_date_only = self.create_date_only
-        row.duration_ms = self.duration_ms
-        row.exception_type = self.exception_type
-        row.exception = self.exception
-        row.inner_exception = self.inner_exception
-        row.stack_trace = self.stack_trace
-        row.data = self.data
-        row.message = self.message
-        return row
-
     def values_in_order(self) -> tuple[Any, ...]:
         """The values in the order of ``ROW_COLUMNS``."""
         # Spelled out rather than through operator.attrgetter: the interpreter
@@ -363,9 +342,90 @@ class LogJobRow(Mapping[str, Any]):
 _row_values = operator.attrgetter(*ROW_COLUMNS)
 
 
-def _row_of_values(values: tuple[Any, ...]) -> LogJobRow:
+def _row_of_values(values: Sequence[Any]) -> LogJobRow:
     """A row back from its values in the order of ``ROW_COLUMNS`` (for pickle and copy)."""
     row = LogJobRow.__new__(LogJobRow)
     for column, value in zip(ROW_COLUMNS, values, strict=True):
         setattr(row, column, value)
     return row
+
+
+# -- rows still to be finished -------------------------------------------------
+#
+# The span processor runs on the job's thread, so it leaves the formatting of a
+# row to the writer's thread: it queues a *pending row*, a plain tuple of the
+# values of ROW_COLUMNS in order, except that the trace and span ids are still
+# integers, create_date is still the span's nanoseconds since the epoch and
+# create_date_only is None. finish_rows() turns it into the row's values. A
+# plain tuple of plain values is also what the garbage collector stops
+# watching after one collection, which matters while thousands wait.
+
+_TRACE_AT: Final = ROW_COLUMNS.index("trace_identifier")
+_SPAN_AT: Final = ROW_COLUMNS.index("span_id")
+_CREATED_AT: Final = ROW_COLUMNS.index("create_date")
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def pending_row(
+    application_name: str,
+    name_job: str,
+    state_job: str,
+    trace_id: int,
+    span_id: int,
+    create_user: str | None,
+    time_ns: int,
+    duration_ms: float | None = None,
+    message: str | None = None,
+    data: str | None = None,
+    exception_type: str | None = None,
+    exception: str | None = None,
+    inner_exception: str | None = None,
+    stack_trace: str | None = None,
+) -> tuple[Any, ...]:
+    """A row as the span processor queues it, in the order of ``ROW_COLUMNS``."""
+    return (
+        application_name,
+        name_job,
+        state_job,
+        trace_id,
+        span_id,
+        duration_ms,
+        exception_type,
+        exception,
+        inner_exception,
+        stack_trace,
+        data,
+        message,
+        create_user,
+        time_ns,
+        None,
+    )
+
+
+def is_pending(entry: object) -> bool:
+    """True for a row from pending_row() that finish_rows() has not finished yet."""
+    return type(entry) is tuple and type(entry[_CREATED_AT]) is int
+
+
+def finish_rows(rows: list[Any]) -> None:
+    """Finish, in place, the pending rows in *rows*; other rows stay as they are."""
+    for index, entry in enumerate(rows):
+        if is_pending(entry):
+            rows[index] = _finished(entry)
+
+
+def _finished(pending: tuple[Any, ...]) -> tuple[Any, ...]:
+    created = _EPOCH + dt.timedelta(microseconds=pending[_CREATED_AT] // 1000)
+    return (
+        *pending[:_TRACE_AT],
+        pending[_TRACE_AT].to_bytes(16, "big").hex(),
+        pending[_SPAN_AT].to_bytes(8, "big").hex(),
+        *pending[_SPAN_AT + 1 : _CREATED_AT],
+        created,
+        created.date(),
+    )
+
+
+def row_of_pending(pending: tuple[Any, ...]) -> LogJobRow:
+    """The LogJobRow a pending row stands for."""
+    return _row_of_values(_finished(pending))

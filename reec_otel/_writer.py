@@ -47,7 +47,7 @@ from sqlalchemy.sql.dml import Insert
 from reec_otel._diagnostics import RateLimitedLog
 from reec_otel._errors import ConfigurationError
 from reec_otel._sanitize import redact_url_passwords
-from reec_otel._schema import ROW_COLUMNS, LogJobRow
+from reec_otel._schema import ROW_COLUMNS, LogJobRow, finish_rows
 from reec_otel._settings import masked_url
 from reec_otel._spool import Entry, Spool, entry_as_mapping
 
@@ -215,25 +215,48 @@ class BatchWriter:
         When memory is full a Failed row takes the place of the newest other
         row, which is dropped instead.
         """
-        entry = row.values_in_order() if type(row) is LogJobRow else row
+        return self._enqueue((row.values_in_order() if type(row) is LogJobRow else row,))
+
+    def submit_pending(self, *rows: tuple[Any, ...]) -> bool:
+        """Queue rows the span processor made with ``pending_row``, as ``submit``
+        does; this thread finishes them (ids and dates) off the job's thread.
+        False if any was dropped."""
+        return self._enqueue(rows)
+
+    def _enqueue(self, entries: tuple[Entry, ...]) -> bool:
+        refused = 0
         with self._lock:
+            queue = self._queue
+            # Counted apart from refused rows: making room for a Failed row
+            # drops another one, and that is worth a warning too.
             dropped_before = self._dropped
-            accepted = not self._stopping and self._make_room(entry)
-            if accepted:
-                self._append(entry)
-            else:
-                self._dropped += 1
-            lost, dropped = self._dropped - dropped_before, self._dropped
+            for entry in entries:
+                if self._stopping or (
+                    len(queue) + len(self._in_flight) >= self.max_queue_rows
+                    and not self._make_room(entry)
+                ):
+                    refused += 1
+                    self._dropped += 1
+                    continue
+                queue.append(entry)
+                self._accepted += 1
+                self._queued_precious += _is_precious(entry)
+                if self._thread is None:
+                    self._start_thread()
+                if len(queue) in (1, self.batch_rows, self._spill_at):
+                    self._wake.notify()
+            if self._dropped == dropped_before:
+                return True
+            dropped = self._dropped
             reason = "is shut down" if self._stopping else "memory and spool are full"
-        if lost:
-            self._warnings.log(
-                logging.WARNING,
-                "drop",
-                "LogJob writer %s: rows are being dropped, Failed rows last (%d dropped in all).",
-                reason,
-                dropped,
-            )
-        return accepted
+        self._warnings.log(
+            logging.WARNING,
+            "drop",
+            "LogJob writer %s: rows are being dropped, Failed rows last (%d dropped in all).",
+            reason,
+            dropped,
+        )
+        return not refused
 
     def force_flush(self, timeout_millis: int = DEFAULT_TIMEOUT_MILLIS) -> bool:
         """Write every row queued before this call; True if done in time."""
@@ -281,6 +304,7 @@ class BatchWriter:
             leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
             self._queue.clear()
             self._queued_precious = 0
+        finish_rows(leftover)
         kept = evicted = 0
         if self.spool is not None and leftover:
             failed = [row for row in leftover if _is_precious(row)]
@@ -320,11 +344,10 @@ class BatchWriter:
     # -- the queue (callers hold the lock) -----------------------------------
 
     def _make_room(self, row: Entry) -> bool:
+        """Whether *row* may be queued though memory holds its bound of rows."""
         # The batch being written counts too: it is still held in memory. Only
         # a Failed row may use the room that batch holds, so memory stays
         # within the bound plus one batch.
-        if len(self._queue) + len(self._in_flight) < self.max_queue_rows:
-            return True
         if not _is_precious(row):
             return False
         if len(self._queue) < self.max_queue_rows:
@@ -339,15 +362,6 @@ class BatchWriter:
                 self._settled += 1
                 return True
         return False  # pragma: no cover - the count above says one exists
-
-    def _append(self, row: Entry) -> None:
-        self._queue.append(row)
-        self._accepted += 1
-        self._queued_precious += _is_precious(row)
-        if self._thread is None:
-            self._start_thread()
-        if len(self._queue) in (1, self.batch_rows, self._spill_at):
-            self._wake.notify()
 
     def _take(self, count: int) -> list[Entry]:
         rows = [self._queue.popleft() for _ in range(count)]
@@ -393,6 +407,8 @@ class BatchWriter:
             if taken is None:
                 return
             batch, from_memory = taken
+            if from_memory:
+                finish_rows(batch)
             done = self._write_safely(batch)
             if not self._finish(batch, from_memory, done):
                 return
@@ -475,6 +491,7 @@ class BatchWriter:
                     break
                 count = min(left, len(self._queue), _SPILL_SLICE_ROWS)
                 rows = self._in_flight = self._take(count)
+            finish_rows(rows)
             try:
                 stored = self.spool.append(rows)
             except Exception:

@@ -8,9 +8,19 @@ import gc
 import pickle
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
-from reec_otel import log_job_table
-from reec_otel._schema import COLUMN_NAMES, ROW_COLUMNS, LogJobRow
+import reec_otel
+from reec_otel import LogJobSpanProcessor, Worker, log_job_table
+from reec_otel._schema import (
+    COLUMN_NAMES,
+    ROW_COLUMNS,
+    LogJobRow,
+    finish_rows,
+    is_pending,
+    pending_row,
+    row_of_pending,
+)
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
 from tests.row_factory import make_row
@@ -49,19 +59,6 @@ def test_it_keeps_values_in_slots_not_in_a_dict_per_row() -> None:
     assert not hasattr(row, "__dict__")
     with pytest.raises(AttributeError):
         row.not_a_column = 1  # type: ignore[attr-defined]
-
-
-def test_another_state_of_the_same_run_copies_every_column_and_changes_only_the_state() -> None:
-    row = _row()
-    row.data = '{"k": 1}'
-    copy = row.in_state("Processing")
-    assert copy["state_job"] == "Processing"
-    assert row["state_job"] == "Enqueued"
-    assert {k: v for k, v in copy.items() if k != "state_job"} == {
-        k: v for k, v in row.items() if k != "state_job"
-    }
-    copy.message = "only the copy"
-    assert row.message is None
 
 
 def test_rows_of_both_kinds_in_one_batch_are_written_alike(
@@ -141,3 +138,121 @@ def test_its_values_come_in_the_order_of_the_columns() -> None:
     for index, column in enumerate(ROW_COLUMNS):
         setattr(row, column, f"value {index}")
     assert row.values_in_order() == tuple(f"value {i}" for i in range(len(ROW_COLUMNS)))
+
+
+# -- pending rows: what the span processor queues, finished on the writer's thread
+
+
+def _pending(state: str = "Enqueued") -> tuple:
+    return pending_row(
+        "billing",
+        "sync",
+        state,
+        0x0123456789ABCDEF0123456789ABCDEF,
+        0xFF,
+        "ana",
+        1_772_600_767_890_123_999,  # 2026-03-04T05:06:07.890123999Z
+        duration_ms=12.5,
+        message="done",
+        data='{"k": 1}',
+        exception_type="builtins.ValueError",
+        exception="bad",
+        inner_exception="worse",
+        stack_trace="Traceback",
+    )
+
+
+def test_a_pending_row_becomes_the_row_of_the_same_columns() -> None:
+    row = row_of_pending(_pending())
+    assert dict(row) == {
+        "application_name": "billing",
+        "name_job": "sync",
+        "state_job": "Enqueued",
+        "trace_identifier": "0123456789abcdef0123456789abcdef",
+        "span_id": "00000000000000ff",
+        "duration_ms": 12.5,
+        "exception_type": "builtins.ValueError",
+        "exception": "bad",
+        "inner_exception": "worse",
+        "stack_trace": "Traceback",
+        "data": '{"k": 1}',
+        "message": "done",
+        "create_user": "ana",
+        # Microseconds are cut, not rounded, as the database keeps them.
+        "create_date": CREATED,
+        "create_date_only": CREATED.date(),
+    }
+
+
+def test_finishing_changes_pending_rows_alone_and_only_once() -> None:
+    finished = _row().values_in_order()
+    mapping = make_row()
+    rows = [_pending(), finished, mapping, _pending("Failed")]
+    assert is_pending(rows[0]) and not is_pending(finished) and not is_pending(mapping)
+    finish_rows(rows)
+    assert rows[1] is finished and rows[2] is mapping
+    assert rows[0] == row_of_pending(_pending()).values_in_order()
+    assert rows[3][ROW_COLUMNS.index("state_job")] == "Failed"
+    again = list(rows)
+    finish_rows(again)
+    assert again == rows
+
+
+def test_queued_pending_rows_leave_the_garbage_collector_s_watch_too(tmp_path) -> None:
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    writer = BatchWriter(engine, log_job_table("log_job"), flush_interval_seconds=60)
+    try:
+        assert writer.submit_pending(_pending("Enqueued"), _pending("Processing"))
+        gc.collect()
+        assert len(writer._queue) == 2
+        assert not any(gc.is_tracked(entry) for entry in writer._queue)
+    finally:
+        writer.shutdown(10_000)
+
+
+class _ListSink:
+    """A row sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[object] = []
+
+    def submit(self, row: object) -> bool:
+        self.rows.append(row)
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def test_a_sink_of_its_own_gets_finished_log_job_rows() -> None:
+    sink = _ListSink()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(LogJobSpanProcessor(writer=sink, application_name="billing"))
+    handle = reec_otel.configure(tracer_provider=provider, enable_global_db_save=False)
+    try:
+        done = Worker("sync", create_user="ana", run_function=lambda ctx: "synced").execute()
+        failed = Worker("sync", is_light_execution=True, run_function=lambda ctx: 1 / 0).execute()
+    finally:
+        handle.shutdown(5_000)
+        provider.shutdown()
+    assert all(type(row) is LogJobRow for row in sink.rows)
+    rows = [dict(row) for row in sink.rows]  # type: ignore[call-overload]
+    assert [(r["state_job"], r["span_id"]) for r in rows] == [
+        ("Enqueued", done.span_id),
+        ("Processing", done.span_id),
+        ("Succeeded", done.span_id),
+        ("Failed", failed.span_id),
+    ]
+    assert {r["trace_identifier"] for r in rows[:3]} == {done.trace_identifier}
+    assert rows[3]["trace_identifier"] == failed.trace_identifier
+    assert rows[0]["create_date"] == rows[1]["create_date"] <= rows[2]["create_date"]
+    for row in rows:
+        assert row["create_date"].tzinfo is not None
+        assert row["create_date_only"] == row["create_date"].date()
+        assert row["application_name"] == "billing"
+    assert rows[2]["message"] == "synced" and rows[2]["create_user"] == "ana"
+    assert rows[3]["exception_type"] == "builtins.ZeroDivisionError"
+    assert "1 / 0" in rows[3]["stack_trace"]
