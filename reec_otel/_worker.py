@@ -22,6 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from types import MethodType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from opentelemetry import context as otel_context
@@ -42,6 +43,7 @@ ExceptionFunction = Callable[["JobContext", Exception], Any]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_NAME_JOB = "Anonymous"
 _HANDLER_FAILED = "run_function_exception failed while handling the job's exception"
@@ -120,6 +122,8 @@ class Worker:
 
     run_function: RunFunction | None = None
     run_function_exception: ExceptionFunction | None = None
+    # The functions last checked by _functions(), and whether either is async.
+    _checked: tuple[RunFunction, ExceptionFunction | None, bool] | None = None
 
     def __init__(
         self,
@@ -167,8 +171,8 @@ class Worker:
         recorded as Failed and re-raised. An ``async`` run function needs no
         running event loop here; inside one, use :meth:`execute_async`.
         """
-        run, handler = self._functions()
-        if _is_async(run) or _is_async(handler):
+        run, handler, runs_async = self._functions()
+        if runs_async:
             _refuse_inside_running_loop(self.name_job)
         return self._execute_begun(self._begin(deferred=False), run, handler)
 
@@ -178,7 +182,7 @@ class Worker:
         The run is Enqueued now, on this thread, and Processing when the
         executor starts it, so a job waiting in a busy pool shows as such.
         """
-        run, handler = self._functions()
+        run, handler, _ = self._functions()
         run_ = self._begin(deferred=True)
         try:
             return executor.submit(self._execute_begun, run_, run, handler)
@@ -215,7 +219,7 @@ class Worker:
 
     async def execute_async(self) -> JobResult:
         """Run the job in the running event loop; plain functions run inline."""
-        run, handler = self._functions()
+        run, handler, _ = self._functions()
         run_ = self._begin(deferred=False)
         run_.activate()
         try:
@@ -239,14 +243,24 @@ class Worker:
         finally:
             run_.close()
 
-    def _functions(self) -> tuple[RunFunction, ExceptionFunction | None]:
+    def _functions(self) -> tuple[RunFunction, ExceptionFunction | None, bool]:
+        """The run function, the exception handler, and whether either is ``async``."""
         run = self.run_function
+        handler = self.run_function_exception
+        checked = self._checked
+        if checked is not None and checked[0] is run and checked[1] is handler:
+            return checked
         if run is None or not callable(run):
             raise TypeError(f"Worker {self.name_job!r} has no callable run_function to execute.")
-        handler = self.run_function_exception
         if handler is not None and not callable(handler):
             raise TypeError(f"run_function_exception of {self.name_job!r} is not callable.")
-        return run, handler
+        checked = (run, handler, _is_async(run) or _is_async(handler))
+        if type(run) is not MethodType and type(handler) is not MethodType:
+            # Kept for the next run of the same functions. Not bound methods:
+            # one is made anew on every attribute lookup, and keeping it would
+            # make the worker refer to itself.
+            self._checked = checked
+        return checked
 
     def _begin(self, *, deferred: bool) -> _Run:
         # The parent: an explicit trace first, else the span current here,
@@ -293,12 +307,14 @@ class _Run:
             span = NonRecordingSpan(_fresh_span_context(span_context.trace_id or None))
             span_context = span.get_span_context()
         self.span = span
-        self.ctx = JobContext(
+        self.ctx = _filled(
+            JobContext,
             name_job=worker.name_job,
-            trace_identifier=f"{span_context.trace_id:032x}",
-            span_id=f"{span_context.span_id:016x}",
+            trace_identifier=span_context.trace_id.to_bytes(16, "big").hex(),
+            span_id=span_context.span_id.to_bytes(8, "big").hex(),
             span=span,
             create_user=worker.create_user,
+            data={},
         )
         self._processing: trace.Span | None = None
         self._processing_token: object | None = None
@@ -408,11 +424,8 @@ class _Run:
         exception: BaseException | None = None,
         duration_ms: float,
     ) -> JobResult:
-        # Filled in one step rather than through the frozen dataclass's
-        # __init__, which sets each field with object.__setattr__: a result is
-        # made for every run, and this is twice as fast.
-        result = _new_object(JobResult)
-        result.__dict__.update(
+        return _filled(
+            JobResult,
             state=state,
             trace_identifier=self.ctx.trace_identifier,
             span_id=self.ctx.span_id,
@@ -420,7 +433,18 @@ class _Run:
             exception=exception,
             duration_ms=duration_ms,
         )
-        return result
+
+
+def _filled(cls: type[T], **fields: Any) -> T:
+    """A dataclass instance with every field given, made in one step.
+
+    A context and a result are made for every run; the generated ``__init__``
+    (a frozen one sets each field through ``object.__setattr__``) takes twice
+    as long. Every field must be given: defaults are not applied.
+    """
+    instance = _new_object(cls)
+    instance.__dict__.update(fields)
+    return instance
 
 
 _new_object = object.__new__

@@ -63,6 +63,42 @@ def test_a_result_is_a_complete_frozen_job_result_like_one_built_by_hand(spans):
     assert ok.succeeded and not failed.succeeded
 
 
+def test_a_run_s_context_is_a_complete_job_context_like_one_built_by_hand(spans):
+    seen = []
+    Worker("whole", create_user="ana", run_function=seen.append).execute()
+    Worker("whole", run_function=seen.append).execute()
+    first, second = seen
+    for ctx in seen:
+        assert set(vars(ctx)) == {f.name for f in dataclasses.fields(JobContext)}
+        assert ctx == dataclasses.replace(ctx)
+    assert first == JobContext(
+        "whole", first.trace_identifier, first.span_id, first.span, "ana", {}
+    )
+    assert first.data is not second.data, "every run fills a dict of its own"
+    assert second.create_user is None
+
+
+def test_the_async_check_is_made_again_when_the_function_changes(spans):
+    async def later(ctx):
+        return "async"
+
+    worker = Worker("switch", run_function=lambda ctx: "plain")
+    assert worker.execute().message == "plain"
+    worker.run_function = later
+    assert worker.execute().message == "async"
+
+    async def inside_a_loop():
+        with pytest.raises(RuntimeError, match="execute_async"):
+            worker.execute()
+        worker.run_function = lambda ctx: "plain again"
+        return worker.execute().message
+
+    assert asyncio.run(inside_a_loop()) == "plain again"
+    worker.run_function = None
+    with pytest.raises(TypeError, match="no callable run_function"):
+        worker.execute()
+
+
 def test_a_result_that_is_not_text_is_stored_as_its_text(spans):
     assert Worker("count", run_function=lambda ctx: 42).execute().message == "42"
     assert Worker("nothing", run_function=lambda ctx: None).execute().message is None
