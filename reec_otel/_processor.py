@@ -142,23 +142,27 @@ class LogJobSpanProcessor(SpanProcessor):
         if self._shut_down or not self.is_save_db:
             return
         attributes = span.attributes
-        name = attributes.get(attrs.NAME) if attributes is not None else None
-        if name is None:
+        if attributes is None:
             return
-        light = attributes.get(attrs.LIGHT)  # type: ignore[union-attr]
-        if light is not None and len(attributes) == 2:  # type: ignore[arg-type]
-            # A run that starts at once, without a user, carries these two
-            # alone: no other key needs looking for.
+        try:
+            name = attributes[attrs.NAME]
+        except KeyError:
+            return  # not a job span
+        if len(attributes) == 2:
+            # A run that starts at once, without a user, carries the name and
+            # the light flag alone: no other key needs looking for.
+            light = attributes.get(attrs.LIGHT)
             if light is True:
                 # Light: a row only if it fails, and the name is cleaned then.
-                self._remember(span.get_span_context().span_id, _Job(name, True, None))
+                self._remember(span.context.span_id, _new_job(_Job, (name, True, None)))
                 return
-            job = _Job(_text.safe_str(name, _text.MAX_NAME_CHARS), False, None)
+            job = _new_job(_Job, (_text.safe_str(name, _text.MAX_NAME_CHARS), False, None))
             phase = deferred = None
         else:
-            job = _Job.of(name, attributes)  # type: ignore[arg-type]
-            phase = attributes.get(attrs.PHASE)  # type: ignore[union-attr]
-            deferred = attributes.get(attrs.DEFERRED)  # type: ignore[union-attr]
+            keys = tuple(attributes)
+            job = _Job.of(name, attributes, keys)
+            phase = _value(attributes, keys, attrs.PHASE)
+            deferred = _value(attributes, keys, attrs.DEFERRED)
         span_context = span.get_span_context()
         if phase == attrs.PHASE_PROCESSING:
             parent = span.parent
@@ -185,36 +189,39 @@ class LogJobSpanProcessor(SpanProcessor):
         self._submit(enqueued, processing)
 
     def _ended(self, span: ReadableSpan) -> None:
-        span_id = span.get_span_context().span_id  # type: ignore[union-attr]
+        span_id = span.context.span_id
         # The job's identity as it was at start: the span's attributes may
         # since have been evicted by the SDK's attribute limit.
         job = self._open.pop(span_id, None)
         attributes = span.attributes
         if attributes is None:
             attributes = _NO_ATTRIBUTES
+        if job is not None and job.light and attributes.get(attrs.STATE) == _SUCCEEDED:
+            return  # the common light run: its state is all there is to read
+        keys = tuple(attributes)  # see _value()
         if job is None:
-            name = attributes.get(attrs.NAME)
-            if self._shut_down or name is None or attributes.get(attrs.PHASE) is not None:
+            if self._shut_down or attrs.NAME not in keys or attrs.PHASE in keys:
                 return
-            job = _Job.of(name, attributes)
+            job = _Job.of(attributes[attrs.NAME], attributes, keys)
         # A run that started before shutdown still hands its final row over,
         # so that the writer counts it as dropped rather than lose it silently.
         if not self.is_save_db:
             return
-        state = _final_state(span, attributes)
+        state = _final_state(span, _value(attributes, keys, attrs.STATE))
         if job.light:
             if state is _SUCCEEDED:
                 return
             job = job.cleaned()
-        data = attributes.get(attrs.DATA)
+        message = _value(attributes, keys, attrs.MESSAGE)
+        data = _value(attributes, keys, attrs.DATA)
         row = self._pending(
             span,
             job,
             state,
             span.end_time,
             span_id,
-            _duration_ms(span, attributes),
-            _optional_text(attributes.get(attrs.MESSAGE), _text.MAX_MESSAGE_CHARS),
+            _duration_ms(span, _value(attributes, keys, attrs.DURATION_MS)),
+            _optional_text(message, _text.MAX_MESSAGE_CHARS),
             data if isinstance(data, str) else None,
             *(_failure_fields(span.events) if state is _FAILED else ()),
         )
@@ -284,19 +291,39 @@ class _Job(NamedTuple):
         return self._replace(name=_text.safe_str(self.name, _text.MAX_NAME_CHARS))
 
     @classmethod
-    def of(cls, name: object, attributes: Mapping[str, Any]) -> _Job:
+    def of(cls, name: object, attributes: Mapping[str, Any], keys: tuple[str, ...]) -> _Job:
         return cls(
             _text.safe_str(name, _text.MAX_NAME_CHARS),
             # Only a real boolean True: the text "false" from other code is not.
-            attributes.get(attrs.LIGHT) is True,
-            _optional_text(attributes.get(attrs.CREATE_USER), _text.MAX_NAME_CHARS),
+            _value(attributes, keys, attrs.LIGHT) is True,
+            _optional_text(_value(attributes, keys, attrs.CREATE_USER), _text.MAX_NAME_CHARS),
         )
 
 
-def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
-    """Succeeded or Failed, as the interned constants above (compare with ``is``)."""
+# A job made from its three values without the named tuple's __new__, which
+# is Python code the interpreter enters from C (see _value()).
+_new_job = tuple.__new__
+# The keys of a Worker's run that starts at once without a user, in order.
+_LONE_START_KEYS = (attrs.NAME, attrs.LIGHT)
+
+
+def _value(attributes: Mapping[str, Any], keys: tuple[str, ...], key: str) -> Any:
+    """The value of *key*, or None; *keys* are those of *attributes*, read once.
+
+    The SDK hands a span's attributes as a read-only proxy of a mapping
+    written in Python: each lookup through it enters the interpreter anew
+    from C, ``get()`` twice, and a missing key raises and catches a KeyError
+    on the way, which costs three lookups of a present one. Where several
+    keys may be missing, their tuple, read once, answers every membership
+    question, and a value is looked up only when it is there.
+    """
+    return attributes[key] if key in keys else None
+
+
+def _final_state(span: ReadableSpan, state: object) -> str:
+    """Succeeded or Failed, as the interned constants above (compare with ``is``);
+    *state* is the span's state attribute, if any."""
     # A job span started by other code may carry no state: its status decides.
-    state = attributes.get(attrs.STATE)
     if state == _FAILED:
         return _FAILED
     if state == _SUCCEEDED:
@@ -304,8 +331,8 @@ def _final_state(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
     return _FAILED if span.status.status_code is StatusCode.ERROR else _SUCCEEDED
 
 
-def _duration_ms(span: ReadableSpan, attributes: Mapping[str, Any]) -> float | None:
-    duration = attributes.get(attrs.DURATION_MS)
+def _duration_ms(span: ReadableSpan, duration: object) -> float | None:
+    """*duration* (the span's attribute) in milliseconds, else the span's own."""
     if isinstance(duration, int | float) and math.isfinite(duration):
         return float(duration)
     if span.start_time is None or span.end_time is None:

@@ -201,7 +201,9 @@ class Worker:
                 time.sleep(self.delay_seconds)
             run_.start_processing()
             try:
-                value = _resolve_sync(run(run_.ctx))
+                value = run(run_.ctx)
+                if type(value) not in _PLAIN_RESULTS:
+                    value = _resolve_sync(value)
             except Exception as exc:
                 handler_exc = None
                 if handler is not None:
@@ -346,7 +348,8 @@ class _Run:
         self._started_ns = time.perf_counter_ns()
 
     def succeed(self, value: Any) -> JobResult:
-        duration_ms = self._elapsed_ms()
+        # A run succeeds only once its processing started.
+        duration_ms = (time.perf_counter_ns() - self._started_ns) / 1e6  # type: ignore[operator]
         message = None if value is None else _scrubbed(value, _text.MAX_MESSAGE_CHARS)
         end: dict[str, Any] = {
             attrs.STATE: _SUCCEEDED,
@@ -455,7 +458,7 @@ _FAILED = StateJob.FAILED.value
 
 def _scrubbed(value: object, limit: int) -> str:
     """Storable text of *value* through the installed sanitiser, cut to *limit*."""
-    text = _text.safe_str(value, limit)
+    text = _text.clean(value, limit) if type(value) is str else _text.safe_str(value, limit)
     if _sanitize.installed() is None:
         return text
     return _text.clean(_sanitize.apply(text), limit)
