@@ -112,14 +112,111 @@ class LogJobSpanProcessor(SpanProcessor):
         return self._errors
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        # The work is done right here rather than in a helper: this runs for
+        # every span on the job's thread, and a call is a measurable share.
         try:
-            self._started(span)
+            if self._shut_down or not self.is_save_db:
+                return
+            attributes = span.attributes
+            if attributes is None:
+                return
+            # Subscripts, not get(): see _value().
+            try:
+                name = attributes[attrs.NAME]
+            except KeyError:
+                return  # not a job span
+            light = None
+            if len(attributes) == 2:
+                # A run that starts at once, without a user, carries the name and
+                # the light flag alone: no other key needs looking for.
+                try:  # noqa: SIM105 - a plain try costs nothing, suppress() a call
+                    light = attributes[attrs.LIGHT]
+                except KeyError:
+                    pass
+                if light is True:
+                    # Light: a row only if it fails, and the name is cleaned then.
+                    self._remember(span.context.span_id, _new_job(_Job, (name, True, None)))
+                    return
+                job = _new_job(_Job, (_text.safe_str(name, _text.MAX_NAME_CHARS), False, None))
+                phase = deferred = None
+            else:
+                keys = tuple(attributes)
+                job = _Job.of(name, attributes, keys)
+                phase = _value(attributes, keys, attrs.PHASE)
+                deferred = _value(attributes, keys, attrs.DEFERRED)
+            span_context = span.get_span_context()
+            if phase == attrs.PHASE_PROCESSING:
+                parent = span.parent
+                if parent is not None and not job.light:
+                    self._submit(
+                        self._pending(span, job, _PROCESSING, span.start_time, parent.span_id)
+                    )
+                return
+            span_id = span_context.span_id
+            self._remember(span_id, job)
+            if job.light:
+                return
+            application_name = self._application_name(span)
+            trace_id = span_context.trace_id
+            time_ns = span.start_time or time.time_ns()
+            enqueued = pending_row(
+                application_name, job.name, _ENQUEUED, trace_id, span_id, job.create_user, time_ns
+            )
+            if deferred is True:
+                self._submit(enqueued)
+                return
+            # The same instant of the same run: only the state differs.
+            processing = pending_row(
+                application_name, job.name, _PROCESSING, trace_id, span_id, job.create_user, time_ns
+            )
+            self._submit(enqueued, processing)
         except Exception:
             self._internal_error("start")
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            self._ended(span)
+            span_id = span.context.span_id
+            # The job's identity as it was at start: the span's attributes may
+            # since have been evicted by the SDK's attribute limit.
+            job = self._open.pop(span_id, None)
+            attributes = span.attributes
+            if attributes is None:
+                attributes = _NO_ATTRIBUTES
+            if job is not None and job.light:
+                # The common light run succeeds: its state is all there is to read.
+                try:
+                    if attributes[attrs.STATE] == _SUCCEEDED:
+                        return
+                except KeyError:
+                    pass
+            keys = tuple(attributes)  # see _value()
+            if job is None:
+                if self._shut_down or attrs.NAME not in keys or attrs.PHASE in keys:
+                    return
+                job = _Job.of(attributes[attrs.NAME], attributes, keys)
+            # A run that started before shutdown still hands its final row over,
+            # so that the writer counts it as dropped rather than lose it silently.
+            if not self.is_save_db:
+                return
+            state = _final_state(span, _value(attributes, keys, attrs.STATE))
+            if job.light:
+                if state is _SUCCEEDED:
+                    return
+                job = job.cleaned()
+            message = _value(attributes, keys, attrs.MESSAGE)
+            data = _value(attributes, keys, attrs.DATA)
+            row = self._pending(
+                span,
+                job,
+                state,
+                span.end_time,
+                span_id,
+                _duration_ms(span, _value(attributes, keys, attrs.DURATION_MS)),
+                _optional_text(message, _text.MAX_MESSAGE_CHARS),
+                data if isinstance(data, str) else None,
+                *(_failure_fields(span.events) if state is _FAILED else ()),
+            )
+            self._submit(row)
         except Exception:
             self._internal_error("end")
 
@@ -137,95 +234,6 @@ class LogJobSpanProcessor(SpanProcessor):
         return self.writer.shutdown(timeout_millis)
 
     # -- spans to rows -------------------------------------------------------
-
-    def _started(self, span: Span) -> None:
-        if self._shut_down or not self.is_save_db:
-            return
-        attributes = span.attributes
-        if attributes is None:
-            return
-        try:
-            name = attributes[attrs.NAME]
-        except KeyError:
-            return  # not a job span
-        if len(attributes) == 2:
-            # A run that starts at once, without a user, carries the name and
-            # the light flag alone: no other key needs looking for.
-            light = attributes.get(attrs.LIGHT)
-            if light is True:
-                # Light: a row only if it fails, and the name is cleaned then.
-                self._remember(span.context.span_id, _new_job(_Job, (name, True, None)))
-                return
-            job = _new_job(_Job, (_text.safe_str(name, _text.MAX_NAME_CHARS), False, None))
-            phase = deferred = None
-        else:
-            keys = tuple(attributes)
-            job = _Job.of(name, attributes, keys)
-            phase = _value(attributes, keys, attrs.PHASE)
-            deferred = _value(attributes, keys, attrs.DEFERRED)
-        span_context = span.get_span_context()
-        if phase == attrs.PHASE_PROCESSING:
-            parent = span.parent
-            if parent is not None and not job.light:
-                self._submit(self._pending(span, job, _PROCESSING, span.start_time, parent.span_id))
-            return
-        span_id = span_context.span_id
-        self._remember(span_id, job)
-        if job.light:
-            return
-        application_name = self._application_name(span)
-        trace_id = span_context.trace_id
-        time_ns = span.start_time or time.time_ns()
-        enqueued = pending_row(
-            application_name, job.name, _ENQUEUED, trace_id, span_id, job.create_user, time_ns
-        )
-        if deferred is True:
-            self._submit(enqueued)
-            return
-        # The same instant of the same run: only the state differs.
-        processing = pending_row(
-            application_name, job.name, _PROCESSING, trace_id, span_id, job.create_user, time_ns
-        )
-        self._submit(enqueued, processing)
-
-    def _ended(self, span: ReadableSpan) -> None:
-        span_id = span.context.span_id
-        # The job's identity as it was at start: the span's attributes may
-        # since have been evicted by the SDK's attribute limit.
-        job = self._open.pop(span_id, None)
-        attributes = span.attributes
-        if attributes is None:
-            attributes = _NO_ATTRIBUTES
-        if job is not None and job.light and attributes.get(attrs.STATE) == _SUCCEEDED:
-            return  # the common light run: its state is all there is to read
-        keys = tuple(attributes)  # see _value()
-        if job is None:
-            if self._shut_down or attrs.NAME not in keys or attrs.PHASE in keys:
-                return
-            job = _Job.of(attributes[attrs.NAME], attributes, keys)
-        # A run that started before shutdown still hands its final row over,
-        # so that the writer counts it as dropped rather than lose it silently.
-        if not self.is_save_db:
-            return
-        state = _final_state(span, _value(attributes, keys, attrs.STATE))
-        if job.light:
-            if state is _SUCCEEDED:
-                return
-            job = job.cleaned()
-        message = _value(attributes, keys, attrs.MESSAGE)
-        data = _value(attributes, keys, attrs.DATA)
-        row = self._pending(
-            span,
-            job,
-            state,
-            span.end_time,
-            span_id,
-            _duration_ms(span, _value(attributes, keys, attrs.DURATION_MS)),
-            _optional_text(message, _text.MAX_MESSAGE_CHARS),
-            data if isinstance(data, str) else None,
-            *(_failure_fields(span.events) if state is _FAILED else ()),
-        )
-        self._submit(row)
 
     def _remember(self, span_id: int, job: _Job) -> None:
         open_jobs = self._open
