@@ -91,12 +91,6 @@ class LogJobSpanProcessor(SpanProcessor):
             table = log_job_table(options.table_name, options.schema)
             writer = BatchWriter(create_database_engine(database_url), table)
         self.writer = writer
-        # The background writer takes the processor's rows as they are made
-        # (see pending_row); any other sink gets each row as a LogJobRow.
-        if isinstance(writer, BatchWriter):
-            self._submit: Callable[..., object] = writer.submit_pending
-        else:
-            self._submit = self._submit_to_sink
         if application_name is not None:
             validate_application_name(application_name, "application_name")
         self.application_name = application_name
@@ -105,6 +99,22 @@ class LogJobSpanProcessor(SpanProcessor):
         self._open: dict[int, _Job] = {}  # job spans started and not yet ended
         self._errors = 0
         self._warnings = RateLimitedLog(logger)
+
+    @property
+    def writer(self) -> RowSink:
+        """Where rows go: the background writer, or the sink given instead."""
+        return self._writer
+
+    @writer.setter
+    def writer(self, writer: RowSink) -> None:
+        self._writer = writer
+        # The background writer takes the processor's rows as they are made
+        # (see pending_row); any other sink, a subclass's own submit()
+        # included, gets each row as a LogJobRow.
+        if isinstance(writer, BatchWriter) and type(writer).submit is BatchWriter.submit:
+            self._submit: Callable[..., object] = writer.submit_pending
+        else:
+            self._submit = self._submit_to_sink
 
     @property
     def errors(self) -> int:
@@ -127,16 +137,18 @@ class LogJobSpanProcessor(SpanProcessor):
                 return  # not a job span
             light = None
             if len(attributes) == 2:
-                # A run that starts at once, without a user, carries the name and
-                # the light flag alone: no other key needs looking for.
                 try:  # noqa: SIM105 - a plain try costs nothing, suppress() a call
                     light = attributes[attrs.LIGHT]
                 except KeyError:
                     pass
-                if light is True:
-                    # Light: a row only if it fails, and the name is cleaned then.
-                    self._remember(span.context.span_id, _new_job(_Job, (name, True, None)))
-                    return
+            if light is True:
+                # A light run that starts at once, without a user: the name and
+                # the flag are all it carries. A row only if it fails, and the
+                # name is cleaned then.
+                self._remember(span.context.span_id, _new_job(_Job, (name, True, None)))
+                return
+            if light is not None:
+                # The same for a run of full mode: no other key needs looking for.
                 job = _new_job(_Job, (_text.safe_str(name, _text.MAX_NAME_CHARS), False, None))
                 phase = deferred = None
             else:
@@ -158,7 +170,9 @@ class LogJobSpanProcessor(SpanProcessor):
                 return
             application_name = self._application_name(span)
             trace_id = span_context.trace_id
-            time_ns = span.start_time or time.time_ns()
+            time_ns = span.start_time
+            if time_ns is None:
+                time_ns = time.time_ns()
             enqueued = pending_row(
                 application_name, job.name, _ENQUEUED, trace_id, span_id, job.create_user, time_ns
             )
@@ -259,13 +273,13 @@ class LogJobSpanProcessor(SpanProcessor):
             span.get_span_context().trace_id,  # type: ignore[union-attr]
             span_id,
             job.create_user,
-            time_ns or time.time_ns(),
+            time.time_ns() if time_ns is None else time_ns,
             *final,
         )
 
     def _submit_to_sink(self, *rows: tuple[Any, ...]) -> None:
         for row in rows:
-            self.writer.submit(row_of_pending(row))
+            self._writer.submit(row_of_pending(row))
 
     def _application_name(self, span: ReadableSpan) -> str:
         if self.application_name is not None:
@@ -311,8 +325,6 @@ class _Job(NamedTuple):
 # A job made from its three values without the named tuple's __new__, which
 # is Python code the interpreter enters from C (see _value()).
 _new_job = tuple.__new__
-# The keys of a Worker's run that starts at once without a user, in order.
-_LONE_START_KEYS = (attrs.NAME, attrs.LIGHT)
 
 
 def _value(attributes: Mapping[str, Any], keys: tuple[str, ...], key: str) -> Any:

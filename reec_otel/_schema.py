@@ -356,13 +356,15 @@ def _row_of_values(values: Sequence[Any]) -> LogJobRow:
 # row to the writer's thread: it queues a *pending row*, a plain tuple of the
 # values of ROW_COLUMNS in order, except that the trace and span ids are still
 # integers, create_date is still the span's nanoseconds since the epoch and
-# create_date_only is None. finish_rows() turns it into the row's values. A
-# plain tuple of plain values is also what the garbage collector stops
-# watching after one collection, which matters while thousands wait.
+# create_date_only is None (which marks it: a finished row always has a date
+# there). finish_rows() turns it into the row's values. A plain tuple of plain
+# values is also what the garbage collector stops watching after one
+# collection, which matters while thousands wait.
 
 _TRACE_AT: Final = ROW_COLUMNS.index("trace_identifier")
 _SPAN_AT: Final = ROW_COLUMNS.index("span_id")
 _CREATED_AT: Final = ROW_COLUMNS.index("create_date")
+_DATE_AT: Final = ROW_COLUMNS.index("create_date_only")
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -404,17 +406,31 @@ def pending_row(
 
 def is_pending(entry: object) -> bool:
     """True for a row from pending_row() that finish_rows() has not finished yet."""
-    return type(entry) is tuple and type(entry[_CREATED_AT]) is int
+    return type(entry) is tuple and entry[_DATE_AT] is None
 
 
-def finish_rows(rows: list[Any]) -> None:
-    """Finish, in place, the pending rows in *rows*; other rows stay as they are."""
+def finish_rows(rows: list[Any]) -> list[tuple[tuple[Any, ...], Exception]]:
+    """Finish, in place, the pending rows in *rows*; other rows stay as they are.
+
+    A pending row that cannot be finished (a time beyond the year 9999 or
+    before year 1, an id wider than its column) is taken out of *rows*;
+    it is returned with the reason, for the caller to count as refused.
+    """
+    unfinished: list[tuple[tuple[Any, ...], Exception]] = []
     for index, entry in enumerate(rows):
         if is_pending(entry):
-            rows[index] = _finished(entry)
+            try:
+                rows[index] = _finished(entry)
+            except (OverflowError, ValueError, TypeError) as exc:
+                unfinished.append((entry, exc))
+                rows[index] = None
+    if unfinished:
+        rows[:] = [row for row in rows if row is not None]
+    return unfinished
 
 
 def _finished(pending: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Times of other code's spans may be floats: the SDK takes any number.
     created = _EPOCH + dt.timedelta(microseconds=pending[_CREATED_AT] // 1000)
     return (
         *pending[:_TRACE_AT],

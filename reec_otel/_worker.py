@@ -21,6 +21,7 @@ import random
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from types import MethodType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
@@ -123,7 +124,7 @@ class Worker:
     run_function: RunFunction | None = None
     run_function_exception: ExceptionFunction | None = None
     # The functions last checked by _functions(), and whether either is async.
-    _checked: tuple[RunFunction, ExceptionFunction | None, bool] | None = None
+    _checked: tuple[weakref.ref[Any], weakref.ref[Any] | None, bool] | None = None
 
     def __init__(
         self,
@@ -250,19 +251,30 @@ class Worker:
         run = self.run_function
         handler = self.run_function_exception
         checked = self._checked
-        if checked is not None and checked[0] is run and checked[1] is handler:
-            return checked
+        # A dead reference answers None: None never matches it.
+        if (
+            checked is not None
+            and checked[0]() is run
+            and run is not None
+            and (handler is None if checked[1] is None else checked[1]() is handler is not None)
+        ):
+            return run, handler, checked[2]
         if run is None or not callable(run):
             raise TypeError(f"Worker {self.name_job!r} has no callable run_function to execute.")
         if handler is not None and not callable(handler):
             raise TypeError(f"run_function_exception of {self.name_job!r} is not callable.")
-        checked = (run, handler, _is_async(run) or _is_async(handler))
+        runs_async = _is_async(run) or _is_async(handler)
+        # Kept for the next run of the same functions, by weak reference so
+        # that a function the worker no longer has is not kept alive. Not
+        # bound methods (one is made anew on every attribute lookup) nor
+        # objects that take no weak reference: those are checked every time.
         if type(run) is not MethodType and type(handler) is not MethodType:
-            # Kept for the next run of the same functions. Not bound methods:
-            # one is made anew on every attribute lookup, and keeping it would
-            # make the worker refer to itself.
-            self._checked = checked
-        return checked
+            try:
+                weak_handler = None if handler is None else weakref.ref(handler)
+                self._checked = (weakref.ref(run), weak_handler, runs_async)
+            except TypeError:
+                self._checked = None
+        return run, handler, runs_async
 
     def _begin(self, *, deferred: bool) -> _Run:
         # The parent: an explicit trace first, else the span current here,
@@ -309,11 +321,18 @@ class _Run:
             span = NonRecordingSpan(_fresh_span_context(span_context.trace_id or None))
             span_context = span.get_span_context()
         self.span = span
+        try:
+            trace_identifier = span_context.trace_id.to_bytes(16, "big").hex()
+            span_id = span_context.span_id.to_bytes(8, "big").hex()
+        except OverflowError:
+            # An id generator of other code made an id wider than OpenTelemetry's.
+            trace_identifier = f"{span_context.trace_id:032x}"
+            span_id = f"{span_context.span_id:016x}"
         self.ctx = _filled(
             JobContext,
             name_job=worker.name_job,
-            trace_identifier=span_context.trace_id.to_bytes(16, "big").hex(),
-            span_id=span_context.span_id.to_bytes(8, "big").hex(),
+            trace_identifier=trace_identifier,
+            span_id=span_id,
             span=span,
             create_user=worker.create_user,
             data={},

@@ -304,7 +304,7 @@ class BatchWriter:
             leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
             self._queue.clear()
             self._queued_precious = 0
-        finish_rows(leftover)
+        self._finish_pending(leftover)
         kept = evicted = 0
         if self.spool is not None and leftover:
             failed = [row for row in leftover if _is_precious(row)]
@@ -408,7 +408,7 @@ class BatchWriter:
                 return
             batch, from_memory = taken
             if from_memory:
-                finish_rows(batch)
+                self._finish_pending(batch)
             done = self._write_safely(batch)
             if not self._finish(batch, from_memory, done):
                 return
@@ -491,7 +491,7 @@ class BatchWriter:
                     break
                 count = min(left, len(self._queue), _SPILL_SLICE_ROWS)
                 rows = self._in_flight = self._take(count)
-            finish_rows(rows)
+            self._finish_pending(rows)
             try:
                 stored = self.spool.append(rows)
             except Exception:
@@ -502,7 +502,7 @@ class BatchWriter:
                 self._put_back(rows[stored:])
             moved += stored
             left -= count
-            if stored < count:
+            if stored < len(rows):
                 break  # the spool is full or failing
         if moved:
             logger.debug("LogJob writer moved %d rows to its spool file.", moved)
@@ -525,6 +525,14 @@ class BatchWriter:
             self._dropped += lost
             self._settled += lost
             self._wake.notify_all()
+
+    def _finish_pending(self, rows: list[Entry]) -> None:
+        """Finish the span processor's pending rows in *rows* (see pending_row);
+        one that cannot be finished is taken out and refused, as the database
+        would refuse it."""
+        for entry, exc in finish_rows(rows):
+            self._reject(entry, exc, "whose time or ids are out of range")
+            self._settle(0, rejected=1)
 
     def _write_safely(self, batch: list[Entry]) -> int:
         if not batch:
@@ -620,7 +628,7 @@ class BatchWriter:
             message,
         )
 
-    def _reject(self, entry: Entry, exc: BaseException) -> None:
+    def _reject(self, entry: Entry, exc: BaseException, why: str = "the database refused") -> None:
         row = entry_as_mapping(entry)
         message = _describe(exc)
         with self._lock:
@@ -628,7 +636,8 @@ class BatchWriter:
         self._warnings.log(
             logging.WARNING,
             "reject",
-            "LogJob writer set aside a row the database refused (job %r, state %r): %s",
+            "LogJob writer set aside a row %s (job %r, state %r): %s",
+            why,
             row.get("name_job"),
             row.get("state_job"),
             message,

@@ -269,3 +269,28 @@ def test_lock_conflicts_are_retried_and_never_taken_for_a_refused_row() -> None:
     assert _is_transient(locked)
     assert _is_transient(deadlock)
     assert not _is_transient(refused)
+
+
+def test_a_row_that_cannot_be_finished_is_refused_on_its_way_to_the_spool(
+    breakable: Breakable, tracing: Tracing, tmp_path: Path
+) -> None:
+    # Other code ends a job span at an instant past the year 9999 while the
+    # database is away: the rows around it wait in the spool as usual.
+    breakable.take_away()
+    handle = _configure(breakable, tracing, tmp_path)
+    expected = _run_jobs(3, "before")
+    odd = tracing.provider.get_tracer("other.code").start_span(
+        "odd", attributes={"reec.job.name": "odd"}
+    )
+    odd.end(end_time=time.time_ns() * 1000)
+    odd_id = f"{odd.get_span_context().span_id:016x}"
+    expected += [(odd_id, "Enqueued"), (odd_id, "Processing")]
+    expected += _run_jobs(3, "after")
+
+    _wait_for(lambda: handle.statistics().rows_spooled == len(expected))
+    breakable.give_back()
+    assert handle.force_flush(60_000)
+    assert _stored(breakable) == expected
+    statistics = handle.statistics()
+    assert statistics.rows_rejected == 1
+    assert statistics.rows_dropped == 0 and statistics.rows_spooled == 0
