@@ -4,7 +4,8 @@ Times on a shared machine move by tens of percent from run to run; the number
 of instructions a job executes hardly moves. Each subject runs in a fresh
 interpreter under valgrind's callgrind, once with few jobs and once with more,
 and the difference divided by the difference in jobs is the count per job:
-start-up and warm-up cancel out. Callgrind counts each thread apart, and only
+start-up and warm-up cancel out. The hash seed is fixed, so that a count
+repeats to a few instructions. Callgrind counts each thread apart, and only
 the job's (main) thread is kept, as the timed figures keep only its CPU time.
 
 Spans are exported through a ``SimpleSpanProcessor`` and the do-nothing
@@ -18,6 +19,7 @@ as skipped; ``--quick`` skips it too, for it takes minutes.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -64,7 +66,10 @@ def _count(subject: str, jobs: int, workdir: Path) -> int:
         str(jobs),
         f"sqlite:///{folder / 'jobs.db'}",
     ]
-    done = subprocess.run(command, capture_output=True, check=False, timeout=1_800)
+    # A fixed hash seed: with a random one, dict layouts and so the count
+    # move by about 1 % from run to run; with it, by a few instructions.
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, check=False, timeout=1_800, env=environment)
     if done.returncode != 0:
         raise RuntimeError(f"counting {subject} failed:\n{done.stderr.decode(errors='replace')}")
     # Thread 1 is the main thread: the one that runs the jobs.
