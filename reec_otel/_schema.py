@@ -417,31 +417,48 @@ def finish_rows(rows: list[Any]) -> list[tuple[tuple[Any, ...], Exception]]:
     it is returned with the reason, for the caller to count as refused.
     """
     unfinished: list[tuple[tuple[Any, ...], Exception]] = []
+    # The rows of one run mostly follow each other (Enqueued and Processing
+    # are queued together) with the same ids and often the same instant:
+    # what was formatted for the row before is used again.
+    trace_id = span_id = time_ns = None
+    trace_hex = span_hex = ""
+    created = _EPOCH
+    created_date = created.date()
     for index, entry in enumerate(rows):
-        if is_pending(entry):
-            try:
-                rows[index] = _finished(entry)
-            except (OverflowError, ValueError, TypeError) as exc:
-                unfinished.append((entry, exc))
-                rows[index] = None
+        if not is_pending(entry):
+            continue
+        try:
+            if entry[_TRACE_AT] != trace_id or type(entry[_TRACE_AT]) is not int:
+                trace_hex = entry[_TRACE_AT].to_bytes(16, "big").hex()
+                trace_id = entry[_TRACE_AT]
+            if entry[_SPAN_AT] != span_id or type(entry[_SPAN_AT]) is not int:
+                span_hex = entry[_SPAN_AT].to_bytes(8, "big").hex()
+                span_id = entry[_SPAN_AT]
+            if entry[_CREATED_AT] != time_ns:
+                # Times of other code's spans may be floats: the SDK takes any number.
+                created = _EPOCH + dt.timedelta(microseconds=entry[_CREATED_AT] // 1000)
+                created_date = created.date()
+                time_ns = entry[_CREATED_AT]
+        except (OverflowError, ValueError, TypeError) as exc:
+            unfinished.append((entry, exc))
+            rows[index] = None
+            continue
+        rows[index] = (
+            *entry[:_TRACE_AT],
+            trace_hex,
+            span_hex,
+            *entry[_SPAN_AT + 1 : _CREATED_AT],
+            created,
+            created_date,
+        )
     if unfinished:
         rows[:] = [row for row in rows if row is not None]
     return unfinished
 
 
-def _finished(pending: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Times of other code's spans may be floats: the SDK takes any number.
-    created = _EPOCH + dt.timedelta(microseconds=pending[_CREATED_AT] // 1000)
-    return (
-        *pending[:_TRACE_AT],
-        pending[_TRACE_AT].to_bytes(16, "big").hex(),
-        pending[_SPAN_AT].to_bytes(8, "big").hex(),
-        *pending[_SPAN_AT + 1 : _CREATED_AT],
-        created,
-        created.date(),
-    )
-
-
 def row_of_pending(pending: tuple[Any, ...]) -> LogJobRow:
-    """The LogJobRow a pending row stands for."""
-    return _row_of_values(_finished(pending))
+    """The LogJobRow a pending row stands for; raises ValueError if it cannot be finished."""
+    rows: list[Any] = [pending]
+    for _, exc in finish_rows(rows):
+        raise ValueError(f"This row cannot be finished: {exc}") from exc
+    return _row_of_values(rows[0])

@@ -256,3 +256,44 @@ def test_a_sink_of_its_own_gets_finished_log_job_rows() -> None:
     assert rows[2]["message"] == "synced" and rows[2]["create_user"] == "ana"
     assert rows[3]["exception_type"] == "builtins.ZeroDivisionError"
     assert "1 / 0" in rows[3]["stack_trace"]
+
+
+def test_rows_finished_together_read_as_each_finished_alone() -> None:
+    # What is formatted for one row is used again for the next only where
+    # they share it: runs interleave, share instants, or share ids.
+    def pending(state: str, trace_id: int, span_id: int, time_ns: float) -> tuple:
+        return pending_row("billing", "sync", state, trace_id, span_id, None, time_ns)
+
+    t1, t2 = 1_772_600_767_890_123_999, 1_772_600_767_990_000_000
+    rows = [
+        pending("Enqueued", 1, 10, t1),
+        pending("Processing", 1, 10, t1),
+        pending("Enqueued", 2, 20, t1),
+        pending("Succeeded", 1, 10, t2),
+        pending("Succeeded", 2, 10, t2),
+        pending("Failed", 2, 20, float(t2)),
+        pending("Enqueued", 3, 30, t1 - 1_000),
+    ]
+    alone = [row_of_pending(row).values_in_order() for row in rows]
+    together = list(rows)
+    assert finish_rows(together) == []
+    assert together == alone
+    assert [row[ROW_COLUMNS.index("span_id")] for row in together][:3] == [
+        "000000000000000a",
+        "000000000000000a",
+        "0000000000000014",
+    ]
+    assert together[-1][ROW_COLUMNS.index("create_date")] == CREATED - dt.timedelta(microseconds=1)
+
+
+def test_a_row_that_cannot_be_finished_is_taken_out_with_its_reason() -> None:
+    good = pending_row("billing", "sync", "Enqueued", 1, 10, None, 1_000)
+    too_late = pending_row("billing", "sync", "Succeeded", 1, 10, None, 10**30)
+    too_wide = pending_row("billing", "sync", "Enqueued", 1 << 128, 10, None, 1_000)
+    rows = [good, too_late, too_wide, good]
+    unfinished = finish_rows(rows)
+    assert [entry for entry, _ in unfinished] == [too_late, too_wide]
+    assert all(isinstance(exc, OverflowError) for _, exc in unfinished)
+    assert len(rows) == 2 and not any(is_pending(row) for row in rows)
+    with pytest.raises(ValueError, match="cannot be finished"):
+        row_of_pending(too_late)
