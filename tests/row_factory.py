@@ -29,3 +29,20 @@ def make_row(**overrides: Any) -> dict[str, Any]:
     }
     row.update(overrides)
     return row
+
+
+class ListSink:
+    """A row sink (see LogJobSpanProcessor's ``writer``) that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    def submit(self, row: Any) -> bool:
+        self.rows.append(row)
+        return True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: int = 30_000) -> bool:
+        return True

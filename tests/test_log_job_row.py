@@ -23,7 +23,7 @@ from reec_otel._schema import (
 )
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
-from tests.row_factory import make_row
+from tests.row_factory import ListSink, make_row
 
 CREATED = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
 
@@ -210,25 +210,8 @@ def test_queued_pending_rows_leave_the_garbage_collector_s_watch_too(tmp_path) -
         writer.shutdown(10_000)
 
 
-class _ListSink:
-    """A row sink that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.rows: list[object] = []
-
-    def submit(self, row: object) -> bool:
-        self.rows.append(row)
-        return True
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-
 def test_a_sink_of_its_own_gets_finished_log_job_rows() -> None:
-    sink = _ListSink()
+    sink = ListSink()
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(LogJobSpanProcessor(writer=sink, application_name="billing"))
     handle = reec_otel.configure(tracer_provider=provider, enable_global_db_save=False)

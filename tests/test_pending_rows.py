@@ -21,6 +21,7 @@ from reec_otel import _attributes as attrs
 from reec_otel._schema import LogJobRow
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
+from tests.row_factory import ListSink
 
 
 class _Rows:
@@ -261,25 +262,10 @@ def test_a_batch_writer_subclass_still_gets_every_row_through_its_submit(
     assert all(isinstance(row, LogJobRow) for row in writer.handed)
 
 
-class _ListSink:
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-
-    def submit(self, row: Any) -> bool:
-        self.rows.append(row)
-        return True
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: int = 30_000) -> bool:
-        return True
-
-
 def test_a_processor_whose_writer_is_replaced_hands_rows_to_the_new_one(
     sqlite_rows: _Rows,
 ) -> None:
-    sink = _ListSink()
+    sink = ListSink()
     sqlite_rows.processor.writer = sink  # a public attribute
     sqlite_rows.tracer.start_span("j", attributes={attrs.NAME: "j"}).end()
     sqlite_rows.writer.force_flush(5_000)
