@@ -109,10 +109,12 @@ class LogJobSpanProcessor(SpanProcessor):
     def writer(self, writer: RowSink) -> None:
         self._writer = writer
         # The background writer takes the processor's rows as they are made
-        # (see pending_row); any other sink, a subclass's own submit()
-        # included, gets each row as a LogJobRow.
-        if isinstance(writer, BatchWriter) and type(writer).submit is BatchWriter.submit:
-            self._submit: Callable[..., object] = writer.submit_pending
+        # (see pending_row); any other sink, and a writer whose submit() was
+        # replaced (by a subclass, a test double or a spy), gets each row as a
+        # LogJobRow.
+        submit = getattr(writer, "submit", None)
+        if getattr(submit, "__func__", None) is BatchWriter.submit:
+            self._submit: Callable[..., object] = writer.submit_pending  # type: ignore[attr-defined]
         else:
             self._submit = self._submit_to_sink
 

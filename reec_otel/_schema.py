@@ -406,15 +406,21 @@ def pending_row(
 
 def is_pending(entry: object) -> bool:
     """True for a row from pending_row() that finish_rows() has not finished yet."""
-    return type(entry) is tuple and entry[_DATE_AT] is None
+    return (
+        type(entry) is tuple
+        and entry[_DATE_AT] is None
+        # A finished row without its date is not pending: the database refuses it.
+        and not isinstance(entry[_CREATED_AT], dt.datetime)
+    )
 
 
 def finish_rows(rows: list[Any]) -> list[tuple[tuple[Any, ...], Exception]]:
     """Finish, in place, the pending rows in *rows*; other rows stay as they are.
 
     A pending row that cannot be finished (a time beyond the year 9999 or
-    before year 1, an id wider than its column) is taken out of *rows*;
-    it is returned with the reason, for the caller to count as refused.
+    before year 1, an id wider than its column or not a whole number, from
+    spans of other code) is taken out of *rows*; it is returned with the
+    reason, for the caller to count as refused.
     """
     unfinished: list[tuple[tuple[Any, ...], Exception]] = []
     # The rows of one run mostly follow each other (Enqueued and Processing
@@ -428,18 +434,20 @@ def finish_rows(rows: list[Any]) -> list[tuple[tuple[Any, ...], Exception]]:
         if not is_pending(entry):
             continue
         try:
-            if entry[_TRACE_AT] != trace_id or type(entry[_TRACE_AT]) is not int:
+            # Only whole numbers are reused: a float equal to an int may
+            # format otherwise.
+            if type(entry[_TRACE_AT]) is not int or entry[_TRACE_AT] != trace_id:
                 trace_hex = entry[_TRACE_AT].to_bytes(16, "big").hex()
-                trace_id = entry[_TRACE_AT]
-            if entry[_SPAN_AT] != span_id or type(entry[_SPAN_AT]) is not int:
+                trace_id = _whole(entry[_TRACE_AT])
+            if type(entry[_SPAN_AT]) is not int or entry[_SPAN_AT] != span_id:
                 span_hex = entry[_SPAN_AT].to_bytes(8, "big").hex()
-                span_id = entry[_SPAN_AT]
-            if entry[_CREATED_AT] != time_ns:
+                span_id = _whole(entry[_SPAN_AT])
+            if type(entry[_CREATED_AT]) is not int or entry[_CREATED_AT] != time_ns:
                 # Times of other code's spans may be floats: the SDK takes any number.
                 created = _EPOCH + dt.timedelta(microseconds=entry[_CREATED_AT] // 1000)
                 created_date = created.date()
-                time_ns = entry[_CREATED_AT]
-        except (OverflowError, ValueError, TypeError) as exc:
+                time_ns = _whole(entry[_CREATED_AT])
+        except Exception as exc:  # whatever other code's ids or times were
             unfinished.append((entry, exc))
             rows[index] = None
             continue
@@ -454,6 +462,11 @@ def finish_rows(rows: list[Any]) -> list[tuple[tuple[Any, ...], Exception]]:
     if unfinished:
         rows[:] = [row for row in rows if row is not None]
     return unfinished
+
+
+def _whole(value: object) -> int | None:
+    """*value* if it is an int (not a bool, not a float), else None."""
+    return value if type(value) is int else None
 
 
 def row_of_pending(pending: tuple[Any, ...]) -> LogJobRow:

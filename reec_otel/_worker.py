@@ -324,10 +324,11 @@ class _Run:
         try:
             trace_identifier = span_context.trace_id.to_bytes(16, "big").hex()
             span_id = span_context.span_id.to_bytes(8, "big").hex()
-        except OverflowError:
-            # An id generator of other code made an id wider than OpenTelemetry's.
-            trace_identifier = f"{span_context.trace_id:032x}"
-            span_id = f"{span_context.span_id:016x}"
+        except Exception:
+            # An id generator of other code made ids wider than OpenTelemetry's,
+            # or not whole numbers.
+            trace_identifier = _id_text(span_context.trace_id, 32)
+            span_id = _id_text(span_context.span_id, 16)
         self.ctx = _filled(
             JobContext,
             name_job=worker.name_job,
@@ -473,6 +474,14 @@ _new_object = object.__new__
 # The states as plain text for span attributes.
 _SUCCEEDED = StateJob.SUCCEEDED.value
 _FAILED = StateJob.FAILED.value
+
+
+def _id_text(value: object, digits: int) -> str:
+    """An id as *digits* hexadecimal digits, or as text if it is no whole number."""
+    try:
+        return format(value, f"0{digits}x")
+    except Exception:
+        return _text.safe_str(value, 2 * digits)
 
 
 def _scrubbed(value: object, limit: int) -> str:

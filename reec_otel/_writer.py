@@ -301,7 +301,9 @@ class BatchWriter:
             # exactly one of the two closes the connections.
             alive = thread is not None and not self._exited
             self._abandoned = alive
-            leftover = [*self._in_flight, *self._queue] if alive else list(self._queue)
+            # Rows out of the queue are gone only if the thread wrote or
+            # spooled them; a thread that ended on a fault left them here.
+            leftover = [*self._in_flight, *self._queue]
             self._queue.clear()
             self._queued_precious = 0
         self._finish_pending(leftover)
@@ -385,6 +387,10 @@ class BatchWriter:
     def _run(self) -> None:
         try:
             self._run_until_stopped()
+        except Exception:
+            # A fault of this package. The rows this thread held are left in
+            # memory, for shutdown() to spool or count as dropped.
+            self._internal_error("running the writer's thread")
         finally:
             with self._lock:
                 self._exited = True

@@ -1,0 +1,240 @@
+"""Rows finished on the writer's thread: odd ids from id generators of other
+code, the processor's choice of how to hand rows to its writer, and the reuse
+of what finish_rows() formatted for the row before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any
+from unittest import mock
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+
+import reec_otel
+from reec_otel import LogJobSpanProcessor, Worker, log_job_table
+from reec_otel import _attributes as attrs
+from reec_otel._schema import LogJobRow, finish_rows, pending_row
+from reec_otel._writer import BatchWriter, create_database_engine
+from tests.conftest import Backend
+
+
+class _FractionTraceIds(IdGenerator):
+    """An id generator of other code whose trace ids are exact numbers, not ints.
+
+    The SDK's SpanContext takes them: it only compares them with 0 and the
+    largest id, and a Fraction (or a float, or a numpy integer) compares.
+    """
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        return self._random.generate_span_id()
+
+    def generate_trace_id(self) -> Any:
+        return Fraction(self._random.generate_trace_id())
+
+
+def _writer(backend: Backend, **options: Any) -> BatchWriter:
+    return BatchWriter(
+        create_database_engine(backend.url),
+        log_job_table(backend.table_name),
+        **{"flush_interval_seconds": 0.05, **options},
+    )
+
+
+# The writer's thread dying is what these tests show; its traceback is not
+# also turned into a teardown error.
+_THREAD_DIES = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@pytest.fixture
+def odd_ids_provider() -> Iterator[TracerProvider]:
+    provider = TracerProvider(id_generator=_FractionTraceIds(), shutdown_on_exit=False)
+    yield provider
+    provider.shutdown()
+
+
+# -- a pending row that finish_rows() cannot finish and does not catch --------
+
+
+@_THREAD_DIES
+def test_a_job_span_with_a_trace_id_that_is_not_an_int_does_not_stop_the_writer(
+    sqlite_backend: Backend, odd_ids_provider: TracerProvider
+) -> None:
+    # finish_rows() catches OverflowError, ValueError and TypeError only
+    # (_schema.py:442); Fraction.to_bytes is an AttributeError, which leaves
+    # the writer's thread through _run_until_stopped (_writer.py:411).
+    writer = _writer(sqlite_backend)
+    odd_processor = LogJobSpanProcessor(writer=writer, application_name="odd")
+    odd_ids_provider.add_span_processor(odd_processor)
+    plain = TracerProvider(shutdown_on_exit=False)
+    plain.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="odd"))
+    try:
+        odd_ids_provider.get_tracer("other.code").start_span(
+            "odd", attributes={attrs.NAME: "odd"}
+        ).end()
+        writer.force_flush(2_000)
+        plain.get_tracer("other.code").start_span("good", attributes={attrs.NAME: "good"}).end()
+        flushed = writer.force_flush(5_000)
+        stats = writer.statistics()
+        names = {(r["name_job"], r["state_job"]) for r in sqlite_backend.rows()}
+    finally:
+        writer.shutdown(2_000)
+    # The odd run's rows may be refused and counted; the good run's rows are
+    # written all the same (README "How rows are written": such a row "is set
+    # aside with a warning and counted in rows_rejected").
+    assert ("good", "Succeeded") in names, (stats, names)
+    assert flushed, stats
+    assert stats.rows_queued == 0 and stats.rows_rejected == 3, stats
+
+
+@_THREAD_DIES
+def test_shutdown_does_not_say_finished_when_the_writer_lost_rows_it_could_not_finish(
+    sqlite_backend: Backend, odd_ids_provider: TracerProvider
+) -> None:
+    # The writer's thread dies holding the batch in _in_flight; shutdown()
+    # sees a dead thread, takes only the queue as leftover (_writer.py:304)
+    # and answers True: the rows are neither written, refused, spooled nor
+    # counted as dropped.
+    writer = _writer(sqlite_backend, flush_interval_seconds=60)
+    odd_ids_provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="r"))
+    odd_ids_provider.get_tracer("other.code").start_span(
+        "odd", attributes={attrs.NAME: "odd"}
+    ).end()
+    finished = writer.shutdown(5_000)
+    stats = writer.statistics()
+    assert not finished or stats.rows_queued == 0, (finished, stats)
+    assert stats.rows_written + stats.rows_rejected + stats.rows_dropped == 3, stats
+
+
+@_THREAD_DIES
+def test_a_log_job_row_without_its_date_is_refused_rather_than_stopping_the_writer(
+    sqlite_backend: Backend,
+) -> None:
+    # is_pending() now keys on create_date_only being None (_schema.py:407):
+    # a finished row handed to submit() with no date is taken for a pending
+    # one, and its hexadecimal id meets str.to_bytes, an AttributeError.
+    writer = _writer(sqlite_backend)
+    try:
+        now = dt.datetime.now(dt.UTC)
+        broken = LogJobRow("app", "broken", "Enqueued", "a" * 32, "b" * 16, None, now)
+        broken.create_date_only = None  # type: ignore[assignment]
+        writer.submit(broken)
+        writer.force_flush(2_000)
+        writer.submit(LogJobRow("app", "good", "Enqueued", "c" * 32, "d" * 16, None, now))
+        flushed = writer.force_flush(5_000)
+        stats = writer.statistics()
+    finally:
+        writer.shutdown(2_000)
+    # The database refuses it (create_date_only is NOT NULL); the writer goes on.
+    assert flushed, stats
+    assert [r["name_job"] for r in sqlite_backend.rows()] == ["good"]
+    assert stats.rows_rejected == 1, stats
+
+
+# -- the worker's own thread -------------------------------------------------
+
+
+def test_a_trace_id_that_is_not_an_int_never_makes_a_job_raise() -> None:
+    # _Run.__init__ catches OverflowError alone around to_bytes
+    # (_worker.py:324-330); Fraction has no to_bytes.
+    provider = TracerProvider(id_generator=_FractionTraceIds(), shutdown_on_exit=False)
+    handle = reec_otel.configure(
+        tracer_provider=provider, enable_global_db_save=False, application_name="odd"
+    )
+    try:
+        result = Worker("odd ids", run_function=lambda ctx: "ok").execute()
+    finally:
+        handle.shutdown(5_000)
+        provider.shutdown()
+    assert result.succeeded
+
+
+# -- how the processor hands rows to its writer --------------------------------
+
+
+@pytest.mark.parametrize(
+    "double",
+    [
+        lambda: mock.Mock(spec=BatchWriter),
+        lambda: mock.MagicMock(spec=BatchWriter),
+        lambda: mock.create_autospec(BatchWriter, instance=True),
+    ],
+    ids=["Mock", "MagicMock", "autospec"],
+)
+def test_a_test_double_of_the_batch_writer_is_taken_as_a_writer(double: Any) -> None:
+    # The writer setter reads type(writer).submit (_processor.py:114): a
+    # mock with spec=BatchWriter passes isinstance() but its type has no
+    # submit, and the processor cannot even be made (AttributeError).
+    sink = double()
+    processor = LogJobSpanProcessor(writer=sink, application_name="odd")
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    try:
+        provider.get_tracer("t").start_span("j", attributes={attrs.NAME: "j"}).end()
+    finally:
+        provider.shutdown()
+    assert processor.errors == 0
+
+
+def test_a_submit_replaced_on_the_writer_itself_gets_the_rows(sqlite_backend: Backend) -> None:
+    # Only a subclass's submit() is honoured (_processor.py:114); one set on
+    # the instance, as monkeypatch.setattr(handle.processor.writer, "submit", ...)
+    # does, is gone around through submit_pending().
+    writer = _writer(sqlite_backend)
+    handed: list[Any] = []
+    original = writer.submit
+
+    def spy(row: Any) -> bool:
+        handed.append(row)
+        return original(row)
+
+    writer.submit = spy  # type: ignore[method-assign]
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="odd"))
+    try:
+        provider.get_tracer("t").start_span("j", attributes={attrs.NAME: "j"}).end()
+        assert writer.force_flush(5_000)
+    finally:
+        provider.shutdown()
+    assert len(sqlite_backend.rows()) == 3
+    assert len(handed) == 3, "the processor went around the writer's submit()"
+
+
+# -- the memo of finish_rows() --------------------------------------------------
+
+
+def test_a_float_time_after_an_equal_int_time_reads_as_finished_alone() -> None:
+    # The time memo compares values only (_schema.py:437): 2309725116316704256
+    # and the float 2.3097251163167043e18 are equal, but float floor division
+    # gives ...703 µs where the int gives ...704 µs (year 2043). The float
+    # row then takes the int row's instant; finished alone it reads otherwise.
+    as_int = 2309725116316704256
+    as_float = float(as_int)
+    assert as_float == as_int
+    together = [
+        pending_row("app", "a", "Enqueued", 1, 1, None, as_int),
+        pending_row("app", "b", "Enqueued", 2, 2, None, as_float),
+    ]
+    alone = [pending_row("app", "b", "Enqueued", 2, 2, None, as_float)]
+    finish_rows(together)
+    finish_rows(alone)
+    assert together[1] == alone[0]
+
+
+def test_an_int_time_after_an_equal_float_time_reads_as_finished_alone() -> None:
+    as_int = 2309725116316704256
+    together = [
+        pending_row("app", "a", "Enqueued", 1, 1, None, float(as_int)),
+        pending_row("app", "b", "Enqueued", 2, 2, None, as_int),
+    ]
+    alone = [pending_row("app", "b", "Enqueued", 2, 2, None, as_int)]
+    finish_rows(together)
+    finish_rows(alone)
+    assert together[1] == alone[0]
