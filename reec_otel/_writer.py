@@ -303,6 +303,10 @@ class BatchWriter:
             self._abandoned = alive
             # Rows out of the queue are gone only if the thread wrote or
             # spooled them; a thread that ended on a fault left them here.
+            # TODO: a thread still busy past the deadline may yet write the
+            # batch it holds, which is then counted here and by the thread.
+            # Closing it needs the thread to give its batch up under the lock
+            # before it writes, and shutdown to wait for that hand-over.
             leftover = [*self._in_flight, *self._queue]
             self._queue.clear()
             self._queued_precious = 0
