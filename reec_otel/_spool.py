@@ -416,7 +416,7 @@ def entry_as_mapping(entry: Entry) -> Mapping[str, Any]:
 
 def _encode(row: Entry) -> bytes:
     document = dict(entry_as_mapping(row))
-    return (json.dumps(document, separators=(",", ":"), default=_tag) + "\n").encode("utf-8")
+    return (_ENCODER.encode(document) + "\n").encode("utf-8")
 
 
 def _tag(value: object) -> dict[str, str]:
@@ -431,8 +431,8 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     if not line.endswith(b"\n"):
         return None
     try:
-        value = json.loads(line, object_hook=_untag)
-    except ValueError:
+        value = _DECODER.decode(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         return None
     return value if isinstance(value, dict) else None
 
@@ -444,3 +444,10 @@ def _untag(value: dict[str, Any]) -> Any:
         if _DATE in value:
             return dt.date.fromisoformat(value[_DATE])
     return value
+
+
+# Made once: json.dumps() and json.loads() given any option build a new
+# encoder or decoder on every call, and the writer encodes and decodes every
+# row that passes through the spool, while the job's thread waits for the GIL.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), default=_tag)
+_DECODER: Final = json.JSONDecoder(object_hook=_untag)
