@@ -1,10 +1,16 @@
-"""LogJob rows built directly, for tests that feed the writer without spans."""
+"""LogJob rows built directly, a sink that keeps rows, and one job span through a writer."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from reec_otel import LogJobSpanProcessor
+from reec_otel import _attributes as attrs
+from reec_otel._writer import BatchWriter
 
 
 def make_row(**overrides: Any) -> dict[str, Any]:
@@ -46,3 +52,14 @@ class ListSink:
 
     def shutdown(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+def run_one_job_span(writer: BatchWriter) -> None:
+    """One job span of other code through a processor writing to *writer*, flushed."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="sinks"))
+    try:
+        provider.get_tracer("t").start_span("j", attributes={attrs.NAME: "j"}).end()
+        assert writer.force_flush(5_000)
+    finally:
+        provider.shutdown()

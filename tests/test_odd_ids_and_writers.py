@@ -21,6 +21,7 @@ from reec_otel import _attributes as attrs
 from reec_otel._schema import LogJobRow, finish_rows, pending_row
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
+from tests.row_factory import run_one_job_span
 
 
 class _FractionTraceIds(IdGenerator):
@@ -48,11 +49,6 @@ def _writer(backend: Backend, **options: Any) -> BatchWriter:
     )
 
 
-# The writer's thread dying is what these tests show; its traceback is not
-# also turned into a teardown error.
-_THREAD_DIES = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
 @pytest.fixture
 def odd_ids_provider() -> Iterator[TracerProvider]:
     provider = TracerProvider(id_generator=_FractionTraceIds(), shutdown_on_exit=False)
@@ -63,7 +59,6 @@ def odd_ids_provider() -> Iterator[TracerProvider]:
 # -- a pending row that finish_rows() cannot finish and does not catch --------
 
 
-@_THREAD_DIES
 def test_a_job_span_with_a_trace_id_that_is_not_an_int_does_not_stop_the_writer(
     sqlite_backend: Backend, odd_ids_provider: TracerProvider
 ) -> None:
@@ -94,7 +89,6 @@ def test_a_job_span_with_a_trace_id_that_is_not_an_int_does_not_stop_the_writer(
     assert stats.rows_queued == 0 and stats.rows_rejected == 3, stats
 
 
-@_THREAD_DIES
 def test_shutdown_does_not_say_finished_when_the_writer_lost_rows_it_could_not_finish(
     sqlite_backend: Backend, odd_ids_provider: TracerProvider
 ) -> None:
@@ -113,7 +107,6 @@ def test_shutdown_does_not_say_finished_when_the_writer_lost_rows_it_could_not_f
     assert stats.rows_written + stats.rows_rejected + stats.rows_dropped == 3, stats
 
 
-@_THREAD_DIES
 def test_a_log_job_row_without_its_date_is_refused_rather_than_stopping_the_writer(
     sqlite_backend: Backend,
 ) -> None:
@@ -196,13 +189,7 @@ def test_a_submit_replaced_on_the_writer_itself_gets_the_rows(sqlite_backend: Ba
         return original(row)
 
     writer.submit = spy  # type: ignore[method-assign]
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="odd"))
-    try:
-        provider.get_tracer("t").start_span("j", attributes={attrs.NAME: "j"}).end()
-        assert writer.force_flush(5_000)
-    finally:
-        provider.shutdown()
+    run_one_job_span(writer)
     assert len(sqlite_backend.rows()) == 3
     assert len(handed) == 3, "the processor went around the writer's submit()"
 

@@ -21,7 +21,7 @@ from reec_otel import _attributes as attrs
 from reec_otel._schema import LogJobRow
 from reec_otel._writer import BatchWriter, create_database_engine
 from tests.conftest import Backend
-from tests.row_factory import ListSink
+from tests.row_factory import ListSink, run_one_job_span
 
 
 class _Rows:
@@ -33,7 +33,7 @@ class _Rows:
         self.writer = BatchWriter(
             create_database_engine(backend.url), log_job_table(backend.table_name), **options
         )
-        self.processor = LogJobSpanProcessor(writer=self.writer, application_name="review")
+        self.processor = LogJobSpanProcessor(writer=self.writer, application_name="pending")
         self.provider = TracerProvider(shutdown_on_exit=False)
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("other.code")
@@ -250,13 +250,7 @@ def test_a_batch_writer_subclass_still_gets_every_row_through_its_submit(
         log_job_table(sqlite_backend.table_name),
         flush_interval_seconds=0.05,
     )
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="review"))
-    try:
-        provider.get_tracer("t").start_span("j", attributes={attrs.NAME: "j"}).end()
-        assert writer.force_flush(5_000)
-    finally:
-        provider.shutdown()
+    run_one_job_span(writer)
     assert len(sqlite_backend.rows()) == 3
     assert len(writer.handed) == 3, "the processor went around the sink's submit()"
     assert all(isinstance(row, LogJobRow) for row in writer.handed)
