@@ -62,9 +62,8 @@ def odd_ids_provider() -> Iterator[TracerProvider]:
 def test_a_job_span_with_a_trace_id_that_is_not_an_int_does_not_stop_the_writer(
     sqlite_backend: Backend, odd_ids_provider: TracerProvider
 ) -> None:
-    # finish_rows() catches OverflowError, ValueError and TypeError only
-    # (_schema.py:442); Fraction.to_bytes is an AttributeError, which leaves
-    # the writer's thread through _run_until_stopped (_writer.py:411).
+    # A Fraction has no to_bytes(): its rows cannot be finished. They are
+    # refused and counted; the writer's thread goes on with the others.
     writer = _writer(sqlite_backend)
     odd_processor = LogJobSpanProcessor(writer=writer, application_name="odd")
     odd_ids_provider.add_span_processor(odd_processor)
@@ -92,10 +91,8 @@ def test_a_job_span_with_a_trace_id_that_is_not_an_int_does_not_stop_the_writer(
 def test_shutdown_does_not_say_finished_when_the_writer_lost_rows_it_could_not_finish(
     sqlite_backend: Backend, odd_ids_provider: TracerProvider
 ) -> None:
-    # The writer's thread dies holding the batch in _in_flight; shutdown()
-    # sees a dead thread, takes only the queue as leftover (_writer.py:304)
-    # and answers True: the rows are neither written, refused, spooled nor
-    # counted as dropped.
+    # shutdown() says it finished only if every accepted row was written,
+    # refused, spooled or counted as dropped.
     writer = _writer(sqlite_backend, flush_interval_seconds=60)
     odd_ids_provider.add_span_processor(LogJobSpanProcessor(writer=writer, application_name="r"))
     odd_ids_provider.get_tracer("other.code").start_span(
@@ -110,9 +107,8 @@ def test_shutdown_does_not_say_finished_when_the_writer_lost_rows_it_could_not_f
 def test_a_log_job_row_without_its_date_is_refused_rather_than_stopping_the_writer(
     sqlite_backend: Backend,
 ) -> None:
-    # is_pending() now keys on create_date_only being None (_schema.py:407):
-    # a finished row handed to submit() with no date is taken for a pending
-    # one, and its hexadecimal id meets str.to_bytes, an AttributeError.
+    # A finished row handed to submit() without its date is not a pending
+    # row: it goes to the database as it is.
     writer = _writer(sqlite_backend)
     try:
         now = dt.datetime.now(dt.UTC)
@@ -134,10 +130,24 @@ def test_a_log_job_row_without_its_date_is_refused_rather_than_stopping_the_writ
 # -- the worker's own thread -------------------------------------------------
 
 
-def test_a_trace_id_that_is_not_an_int_never_makes_a_job_raise() -> None:
-    # _Run.__init__ catches OverflowError alone around to_bytes
-    # (_worker.py:324-330); Fraction has no to_bytes.
-    provider = TracerProvider(id_generator=_FractionTraceIds(), shutdown_on_exit=False)
+class _WideTraceIds(IdGenerator):
+    """An id generator of other code whose trace ids overflow 128 bits."""
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        return self._random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        return (1 << 128) + self._random.generate_trace_id()
+
+
+@pytest.mark.parametrize("ids", [_WideTraceIds, _FractionTraceIds], ids=["wide", "fraction"])
+def test_odd_ids_never_make_a_job_raise(ids: type[IdGenerator]) -> None:
+    # Telemetry never raises into the job: ids that do not fit, or are no
+    # whole numbers, are stored as text instead.
+    provider = TracerProvider(id_generator=ids(), shutdown_on_exit=False)
     handle = reec_otel.configure(
         tracer_provider=provider, enable_global_db_save=False, application_name="odd"
     )
@@ -147,6 +157,7 @@ def test_a_trace_id_that_is_not_an_int_never_makes_a_job_raise() -> None:
         handle.shutdown(5_000)
         provider.shutdown()
     assert result.succeeded
+    assert result.trace_identifier
 
 
 # -- how the processor hands rows to its writer --------------------------------
@@ -162,9 +173,8 @@ def test_a_trace_id_that_is_not_an_int_never_makes_a_job_raise() -> None:
     ids=["Mock", "MagicMock", "autospec"],
 )
 def test_a_test_double_of_the_batch_writer_is_taken_as_a_writer(double: Any) -> None:
-    # The writer setter reads type(writer).submit (_processor.py:114): a
-    # mock with spec=BatchWriter passes isinstance() but its type has no
-    # submit, and the processor cannot even be made (AttributeError).
+    # A mock with spec=BatchWriter passes isinstance(); the processor hands
+    # it LogJobRows through its submit(), as to any sink.
     sink = double()
     processor = LogJobSpanProcessor(writer=sink, application_name="odd")
     provider = TracerProvider(shutdown_on_exit=False)
@@ -177,9 +187,8 @@ def test_a_test_double_of_the_batch_writer_is_taken_as_a_writer(double: Any) -> 
 
 
 def test_a_submit_replaced_on_the_writer_itself_gets_the_rows(sqlite_backend: Backend) -> None:
-    # Only a subclass's submit() is honoured (_processor.py:114); one set on
-    # the instance, as monkeypatch.setattr(handle.processor.writer, "submit", ...)
-    # does, is gone around through submit_pending().
+    # A submit() set on the instance, as monkeypatch.setattr() does, gets
+    # every row, as a subclass's does.
     writer = _writer(sqlite_backend)
     handed: list[Any] = []
     original = writer.submit
@@ -198,10 +207,9 @@ def test_a_submit_replaced_on_the_writer_itself_gets_the_rows(sqlite_backend: Ba
 
 
 def test_a_float_time_after_an_equal_int_time_reads_as_finished_alone() -> None:
-    # The time memo compares values only (_schema.py:437): 2309725116316704256
-    # and the float 2.3097251163167043e18 are equal, but float floor division
-    # gives ...703 µs where the int gives ...704 µs (year 2043). The float
-    # row then takes the int row's instant; finished alone it reads otherwise.
+    # 2309725116316704256 and the float 2.3097251163167043e18 are equal, but
+    # floor division of the float gives ...703 µs where the int gives ...704
+    # (year 2043): one must not take the other's formatted instant.
     as_int = 2309725116316704256
     as_float = float(as_int)
     assert as_float == as_int

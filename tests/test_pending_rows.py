@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
-import reec_otel
 from reec_otel import LogJobSpanProcessor, Worker, log_job_table
 from reec_otel import _attributes as attrs
 from reec_otel._schema import LogJobRow
@@ -181,32 +179,6 @@ def test_shutdown_does_not_say_finished_when_rows_of_its_last_batch_were_lost(
 
 
 # -- the worker's own thread -------------------------------------------------
-
-
-class _WideTraceIds(IdGenerator):
-    """An id generator of other code whose trace ids overflow 128 bits."""
-
-    def __init__(self) -> None:
-        self._random = RandomIdGenerator()
-
-    def generate_span_id(self) -> int:
-        return self._random.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        return (1 << 128) + self._random.generate_trace_id()
-
-
-def test_an_odd_id_generator_never_makes_a_job_raise() -> None:
-    provider = TracerProvider(id_generator=_WideTraceIds(), shutdown_on_exit=False)
-    handle = reec_otel.configure(tracer_provider=provider, enable_global_db_save=False)
-    try:
-        # Telemetry must never raise into the job (STYLE: the hot path never
-        # raises because of telemetry).
-        result = Worker("wide", run_function=lambda ctx: "ok").execute()
-    finally:
-        handle.shutdown(5_000)
-        provider.shutdown()
-    assert result.succeeded
 
 
 def test_a_worker_lets_go_of_a_run_function_it_no_longer_has() -> None:
